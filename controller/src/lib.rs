@@ -1,0 +1,11 @@
+//! The smidge controller: reads SMI and Kubernetes objects from a provider, keeps them in a pure
+//! [`index`], compiles per-proxy views with the pure [`compile`] functions, and pushes them to
+//! proxies over the compact protocol of `smidge-protocol`.
+
+pub mod core;
+pub mod labels;
+pub mod manifest;
+pub mod model;
+pub mod smi;
+pub mod compile;
+pub mod index;
