@@ -9,3 +9,6 @@ pub mod model;
 pub mod smi;
 pub mod compile;
 pub mod index;
+pub mod diagnose;
+pub mod lint;
+pub mod crds;
