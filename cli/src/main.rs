@@ -48,15 +48,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let files = lint::expand(&paths).context("listing the files to lint")?;
             let mut contents = Vec::with_capacity(files.len());
             for f in files {
-                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
                 contents.push((f, text));
             }
             let problems = lint::lint(&contents);
             for p in &problems {
                 println!("{p}");
             }
-            eprintln!("{} file(s) checked, {} problem(s)", contents.len(), problems.len());
-            Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            eprintln!(
+                "{} file(s) checked, {} problem(s)",
+                contents.len(),
+                problems.len()
+            );
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Crds { dir } => {
             for (name, crd) in crds::all() {
@@ -64,7 +73,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match &dir {
                     Some(dir) => {
                         let path = dir.join(name);
-                        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                        std::fs::write(&path, yaml)
+                            .with_context(|| format!("writing {}", path.display()))?;
                     }
                     None => print!("{yaml}"),
                 }

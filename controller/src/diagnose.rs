@@ -24,9 +24,16 @@ pub struct Scope {
 /// Checks every SMI object of `namespace`.
 pub fn namespace(index: &Index, namespace: &str, scope: Scope) -> Vec<Problem> {
     let mut out = Vec::new();
-    let services_known = !scope.only_where_present || index.list(Kind::Service, namespace).next().is_some();
-    let accounts_known = !scope.only_where_present || index.list(Kind::ServiceAccount, namespace).next().is_some();
-    let ctx = Ctx { index, services_known, accounts_known, scope };
+    let services_known =
+        !scope.only_where_present || index.list(Kind::Service, namespace).next().is_some();
+    let accounts_known =
+        !scope.only_where_present || index.list(Kind::ServiceAccount, namespace).next().is_some();
+    let ctx = Ctx {
+        index,
+        services_known,
+        accounts_known,
+        scope,
+    };
     for obj in index.list(Kind::TrafficTarget, namespace) {
         ctx.target(obj, &mut out);
     }
@@ -38,7 +45,11 @@ pub fn namespace(index: &Index, namespace: &str, scope: Scope) -> Vec<Problem> {
 
 /// Checks every namespace.
 pub fn all(index: &Index, scope: Scope) -> Vec<Problem> {
-    index.namespaces().iter().flat_map(|ns| namespace(index, ns, scope)).collect()
+    index
+        .namespaces()
+        .iter()
+        .flat_map(|ns| namespace(index, ns, scope))
+        .collect()
 }
 
 struct Ctx<'a> {
@@ -49,7 +60,10 @@ struct Ctx<'a> {
 }
 
 fn problem(obj: &Object, field: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { object: obj.id.clone(), finding: Finding::new(field, message) }
+    Problem {
+        object: obj.id.clone(),
+        finding: Finding::new(field, message),
+    }
 }
 
 fn version(api_version: &str) -> (&str, &str) {
@@ -59,12 +73,18 @@ fn version(api_version: &str) -> (&str, &str) {
 impl Ctx<'_> {
     fn account_exists(&self, ns: &str, name: &str) -> bool {
         name == "default"
-            || self.index.get(&ObjectId::new(Kind::ServiceAccount, ns, name)).is_some()
-            || (self.scope.only_where_present && self.index.list(Kind::ServiceAccount, ns).next().is_none())
+            || self
+                .index
+                .get(&ObjectId::new(Kind::ServiceAccount, ns, name))
+                .is_some()
+            || (self.scope.only_where_present
+                && self.index.list(Kind::ServiceAccount, ns).next().is_none())
     }
 
     fn target(&self, obj: &Object, out: &mut Vec<Problem>) {
-        let Body::TrafficTarget(tt) = &obj.body else { return };
+        let Body::TrafficTarget(tt) = &obj.body else {
+            return;
+        };
         let ns = &obj.id.key.namespace;
         let d = &tt.destination;
         if d.kind != "ServiceAccount" {
@@ -72,15 +92,35 @@ impl Ctx<'_> {
         } else if d.namespace != *ns {
             out.push(problem(obj, "spec.destination.namespace", format!("{:?} is not this TrafficTarget's namespace {ns:?}; a TrafficTarget only governs its own namespace, so it is ignored", d.namespace)));
         } else if self.accounts_known && !self.account_exists(&d.namespace, &d.name) {
-            out.push(problem(obj, "spec.destination.name", format!("ServiceAccount {}/{} does not exist", d.namespace, d.name)));
+            out.push(problem(
+                obj,
+                "spec.destination.name",
+                format!("ServiceAccount {}/{} does not exist", d.namespace, d.name),
+            ));
         }
         for (i, s) in tt.sources.iter().enumerate() {
             if s.kind != "ServiceAccount" {
-                out.push(problem(obj, format!("spec.sources[{i}].kind"), format!("{:?} is not supported and is ignored; sources are ServiceAccounts", s.kind)));
-            } else if (!self.scope.only_where_present || self.index.list(Kind::ServiceAccount, &s.namespace).next().is_some())
+                out.push(problem(
+                    obj,
+                    format!("spec.sources[{i}].kind"),
+                    format!(
+                        "{:?} is not supported and is ignored; sources are ServiceAccounts",
+                        s.kind
+                    ),
+                ));
+            } else if (!self.scope.only_where_present
+                || self
+                    .index
+                    .list(Kind::ServiceAccount, &s.namespace)
+                    .next()
+                    .is_some())
                 && !self.account_exists(&s.namespace, &s.name)
             {
-                out.push(problem(obj, format!("spec.sources[{i}].name"), format!("ServiceAccount {}/{} does not exist", s.namespace, s.name)));
+                out.push(problem(
+                    obj,
+                    format!("spec.sources[{i}].name"),
+                    format!("ServiceAccount {}/{} does not exist", s.namespace, s.name),
+                ));
             }
         }
         let (_, tt_version) = version(&obj.api_version);
@@ -88,7 +128,16 @@ impl Ctx<'_> {
         for (i, rule) in tt.rules.iter().enumerate() {
             let id = ObjectId::new(rule.kind.kind(), ns.clone(), rule.name.clone());
             let Some(route) = self.index.get(&id) else {
-                out.push(problem(obj, format!("spec.rules[{i}]"), format!("{} {}/{} does not exist; this rule admits nothing", rule.kind.kind(), ns, rule.name)));
+                out.push(problem(
+                    obj,
+                    format!("spec.rules[{i}]"),
+                    format!(
+                        "{} {}/{} does not exist; this rule admits nothing",
+                        rule.kind.kind(),
+                        ns,
+                        rule.name
+                    ),
+                ));
                 continue;
             };
             let (_, route_version) = version(&route.api_version);
@@ -96,26 +145,52 @@ impl Ctx<'_> {
                 out.push(problem(
                     obj,
                     format!("spec.rules[{i}]"),
-                    format!("mixed versions: {} works with specs {}, but {} {} is {}", obj.api_version, compatible.join(" or "), rule.kind.kind(), route.id.key, route.api_version),
+                    format!(
+                        "mixed versions: {} works with specs {}, but {} {} is {}",
+                        obj.api_version,
+                        compatible.join(" or "),
+                        rule.kind.kind(),
+                        route.id.key,
+                        route.api_version
+                    ),
                 ));
             }
-            if let (RouteKind::HttpRouteGroup, Body::HttpRouteGroup(group)) = (rule.kind, &route.body) {
+            if let (RouteKind::HttpRouteGroup, Body::HttpRouteGroup(group)) =
+                (rule.kind, &route.body)
+            {
                 for (j, m) in rule.matches.iter().enumerate() {
                     if !group.matches.iter().any(|gm| gm.name == *m) {
-                        out.push(problem(obj, format!("spec.rules[{i}].matches[{j}]"), format!("HTTPRouteGroup {} has no match named {m:?}", route.id.key)));
+                        out.push(problem(
+                            obj,
+                            format!("spec.rules[{i}].matches[{j}]"),
+                            format!("HTTPRouteGroup {} has no match named {m:?}", route.id.key),
+                        ));
                     }
                 }
             } else if !rule.matches.is_empty() {
-                out.push(problem(obj, format!("spec.rules[{i}].matches"), format!("only HTTPRouteGroup rules have matches; ignored for a {}", rule.kind.kind())));
+                out.push(problem(
+                    obj,
+                    format!("spec.rules[{i}].matches"),
+                    format!(
+                        "only HTTPRouteGroup rules have matches; ignored for a {}",
+                        rule.kind.kind()
+                    ),
+                ));
             }
         }
     }
 
     fn split(&self, obj: &Object, out: &mut Vec<Problem>) {
-        let Body::TrafficSplit(split) = &obj.body else { return };
+        let Body::TrafficSplit(split) = &obj.body else {
+            return;
+        };
         let ns = &obj.id.key.namespace;
         let root_key = NsName::new(ns.clone(), &split.service);
-        if let Some(first) = self.index.list(Kind::TrafficSplit, ns).find(|o| matches!(&o.body, Body::TrafficSplit(s) if s.service == split.service)) {
+        if let Some(first) = self
+            .index
+            .list(Kind::TrafficSplit, ns)
+            .find(|o| matches!(&o.body, Body::TrafficSplit(s) if s.service == split.service))
+        {
             if first.id != obj.id {
                 out.push(problem(obj, "spec.service", format!("TrafficSplit {} already splits Service {}; only that one (the first by name) is used", first.id.key, split.service)));
             }
@@ -123,8 +198,16 @@ impl Ctx<'_> {
         let (_, ts_version) = version(&obj.api_version);
         let compatible = smi::compatible_specs_versions((smi::SPLIT_GROUP, ts_version));
         for (i, group) in split.matches.iter().enumerate() {
-            match self.index.get(&ObjectId::new(Kind::HttpRouteGroup, ns.clone(), group.clone())) {
-                None => out.push(problem(obj, format!("spec.matches[{i}]"), format!("HTTPRouteGroup {ns}/{group} does not exist; it matches no request"))),
+            match self.index.get(&ObjectId::new(
+                Kind::HttpRouteGroup,
+                ns.clone(),
+                group.clone(),
+            )) {
+                None => out.push(problem(
+                    obj,
+                    format!("spec.matches[{i}]"),
+                    format!("HTTPRouteGroup {ns}/{group} does not exist; it matches no request"),
+                )),
                 Some(route) => {
                     let (_, route_version) = version(&route.api_version);
                     if !compatible.is_empty() && !compatible.contains(&route_version) {
@@ -138,25 +221,48 @@ impl Ctx<'_> {
             }
         }
         if split.backends.iter().all(|b| b.weight == 0) {
-            out.push(problem(obj, "spec.backends", "every backend has weight 0, so requests to the root Service fail with 503"));
+            out.push(problem(
+                obj,
+                "spec.backends",
+                "every backend has weight 0, so requests to the root Service fail with 503",
+            ));
         }
         if !self.services_known {
             return;
         }
-        let service = |name: &str| match self.index.get(&ObjectId::new(Kind::Service, ns.clone(), name)).map(|o| &o.body) {
+        let service = |name: &str| match self
+            .index
+            .get(&ObjectId::new(Kind::Service, ns.clone(), name))
+            .map(|o| &o.body)
+        {
             Some(Body::Service(s)) => Some(s),
             _ => None,
         };
         let Some(root) = service(&root_key.name) else {
-            out.push(problem(obj, "spec.service", format!("Service {root_key} does not exist; nothing is split")));
+            out.push(problem(
+                obj,
+                "spec.service",
+                format!("Service {root_key} does not exist; nothing is split"),
+            ));
             return;
         };
         for (i, b) in split.backends.iter().enumerate() {
             match service(&b.service) {
-                None => out.push(problem(obj, format!("spec.backends[{i}].service"), format!("Service {ns}/{} does not exist; it gets no traffic", b.service))),
+                None => out.push(problem(
+                    obj,
+                    format!("spec.backends[{i}].service"),
+                    format!(
+                        "Service {ns}/{} does not exist; it gets no traffic",
+                        b.service
+                    ),
+                )),
                 Some(svc) => {
-                    let missing: Vec<String> =
-                        root.ports.iter().filter(|rp| !svc.ports.iter().any(|p| p.port == rp.port)).map(|p| p.port.to_string()).collect();
+                    let missing: Vec<String> = root
+                        .ports
+                        .iter()
+                        .filter(|rp| !svc.ports.iter().any(|p| p.port == rp.port))
+                        .map(|p| p.port.to_string())
+                        .collect();
                     if !missing.is_empty() {
                         out.push(problem(
                             obj,

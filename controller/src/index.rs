@@ -48,11 +48,18 @@ pub fn dep_keys(obj: &Object) -> Vec<DepKey> {
         Body::TrafficSplit(split) => vec![DepKey::Split(same_ns(&split.service))],
         Body::HttpRouteGroup(_) => vec![DepKey::Route(RouteKind::HttpRouteGroup, key.clone())],
         Body::PortRoute(_) => {
-            let kind = if obj.id.kind == Kind::UdpRoute { RouteKind::UdpRoute } else { RouteKind::TcpRoute };
+            let kind = if obj.id.kind == Kind::UdpRoute {
+                RouteKind::UdpRoute
+            } else {
+                RouteKind::TcpRoute
+            };
             vec![DepKey::Route(kind, key.clone())]
         }
         Body::TrafficTarget(tt) if tt.destination.kind == "ServiceAccount" => {
-            vec![DepKey::Targets(Identity::new(tt.destination.namespace.clone(), tt.destination.name.clone()))]
+            vec![DepKey::Targets(Identity::new(
+                tt.destination.namespace.clone(),
+                tt.destination.name.clone(),
+            ))]
         }
         Body::TrafficTarget(_) => vec![],
     }
@@ -75,7 +82,10 @@ impl Index {
         let mut touched = self.delete(&obj.id);
         let keys = dep_keys(&obj);
         for key in &keys {
-            self.by_key.entry(key.clone()).or_default().insert(obj.id.clone());
+            self.by_key
+                .entry(key.clone())
+                .or_default()
+                .insert(obj.id.clone());
         }
         touched.extend(keys);
         self.objects.insert(obj.id.clone(), Arc::new(obj));
@@ -120,11 +130,19 @@ impl Index {
 
     /// The objects filed under `key`, in id order.
     pub fn filed_under(&self, key: &DepKey) -> impl Iterator<Item = &Arc<Object>> {
-        self.by_key.get(key).into_iter().flatten().filter_map(|id| self.objects.get(id))
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.objects.get(id))
     }
 
     /// The objects of one kind in one namespace, in name order.
-    pub fn list<'a>(&'a self, kind: Kind, namespace: &'a str) -> impl Iterator<Item = &'a Arc<Object>> + 'a {
+    pub fn list<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Object>> + 'a {
         let from = ObjectId::new(kind, namespace, "");
         self.objects
             .range((Bound::Included(from), Bound::Unbounded))
@@ -134,7 +152,11 @@ impl Index {
 
     /// The namespaces that hold at least one object.
     pub fn namespaces(&self) -> BTreeSet<String> {
-        self.objects.keys().map(|id| id.key.namespace.clone()).filter(|n| !n.is_empty()).collect()
+        self.objects
+            .keys()
+            .map(|id| id.key.namespace.clone())
+            .filter(|n| !n.is_empty())
+            .collect()
     }
 }
 
@@ -146,7 +168,10 @@ pub struct Lookup<'a> {
 
 impl<'a> Lookup<'a> {
     pub fn new(index: &'a Index) -> Self {
-        Lookup { index, deps: RefCell::new(BTreeSet::new()) }
+        Lookup {
+            index,
+            deps: RefCell::new(BTreeSet::new()),
+        }
     }
 
     pub fn into_deps(self) -> BTreeSet<DepKey> {
@@ -171,14 +196,23 @@ impl<'a> Lookup<'a> {
     }
 
     pub fn namespace(&self, name: &str) -> Option<&'a crate::model::Namespace> {
-        match &self.get(DepKey::Namespace(name.into()), &ObjectId::new(Kind::Namespace, "", name))?.body {
+        match &self
+            .get(
+                DepKey::Namespace(name.into()),
+                &ObjectId::new(Kind::Namespace, "", name),
+            )?
+            .body
+        {
             Body::Namespace(ns) => Some(ns),
             _ => None,
         }
     }
 
     pub fn service(&self, key: &NsName) -> Option<&'a crate::model::Service> {
-        let id = ObjectId { kind: Kind::Service, key: key.clone() };
+        let id = ObjectId {
+            kind: Kind::Service,
+            key: key.clone(),
+        };
         match &self.get(DepKey::Service(key.clone()), &id)?.body {
             Body::Service(svc) => Some(svc),
             _ => None,
@@ -186,7 +220,10 @@ impl<'a> Lookup<'a> {
     }
 
     pub fn pod(&self, key: &NsName) -> Option<&'a crate::model::Pod> {
-        let id = ObjectId { kind: Kind::Pod, key: key.clone() };
+        let id = ObjectId {
+            kind: Kind::Pod,
+            key: key.clone(),
+        };
         match &self.get(DepKey::Pod(key.clone()), &id)?.body {
             Body::Pod(pod) => Some(pod),
             _ => None,
@@ -194,7 +231,13 @@ impl<'a> Lookup<'a> {
     }
 
     pub fn route(&self, kind: RouteKind, key: &NsName) -> Option<&'a Arc<Object>> {
-        self.get(DepKey::Route(kind, key.clone()), &ObjectId { kind: kind.kind(), key: key.clone() })
+        self.get(
+            DepKey::Route(kind, key.clone()),
+            &ObjectId {
+                kind: kind.kind(),
+                key: key.clone(),
+            },
+        )
     }
 }
 
@@ -209,7 +252,11 @@ mod tests {
             api_version: "v1".into(),
             body: Body::Service(Service {
                 cluster_ips: vec![ip.parse().unwrap()],
-                ports: vec![ServicePort { name: "http".into(), port: 80, protocol: "TCP".into() }],
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    protocol: "TCP".into(),
+                }],
             }),
         }
     }
@@ -228,8 +275,18 @@ mod tests {
         let touched = index.apply(svc("a", "10.0.0.2"));
         assert!(touched.contains(&DepKey::ServiceIp("10.0.0.1".parse().unwrap())));
         assert!(touched.contains(&DepKey::ServiceIp("10.0.0.2".parse().unwrap())));
-        assert_eq!(index.filed_under(&DepKey::ServiceIp("10.0.0.1".parse().unwrap())).count(), 0);
-        assert_eq!(index.filed_under(&DepKey::ServiceIp("10.0.0.2".parse().unwrap())).count(), 1);
+        assert_eq!(
+            index
+                .filed_under(&DepKey::ServiceIp("10.0.0.1".parse().unwrap()))
+                .count(),
+            0
+        );
+        assert_eq!(
+            index
+                .filed_under(&DepKey::ServiceIp("10.0.0.2".parse().unwrap()))
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -240,7 +297,10 @@ mod tests {
         let mut other = svc("c", "10.0.0.3");
         other.id.key.namespace = "other".into();
         index.apply(other);
-        let names: Vec<_> = index.list(Kind::Service, "ns").map(|o| o.id.key.name.clone()).collect();
+        let names: Vec<_> = index
+            .list(Kind::Service, "ns")
+            .map(|o| o.id.key.name.clone())
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 }

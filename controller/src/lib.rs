@@ -2,13 +2,16 @@
 //! [`index`], compiles per-proxy views with the pure [`compile`] functions, and pushes them to
 //! proxies over the compact protocol of `smidge-protocol`.
 
+pub mod admin;
+pub mod compile;
 pub mod core;
+pub mod crds;
+pub mod diagnose;
+pub mod index;
 pub mod labels;
+pub mod lint;
 pub mod manifest;
 pub mod model;
+pub mod provider;
+pub mod push;
 pub mod smi;
-pub mod compile;
-pub mod index;
-pub mod diagnose;
-pub mod lint;
-pub mod crds;

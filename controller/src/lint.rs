@@ -33,7 +33,9 @@ pub fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
             entries.sort();
             let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.is_dir());
             out.extend(files.into_iter().filter(|f| is_manifest(f)));
@@ -47,7 +49,10 @@ pub fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 
 /// Whether a path looks like a manifest file.
 pub fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Lints `files` (path and contents) together: references resolve across all of them; a later
@@ -61,7 +66,12 @@ pub fn lint(files: &[(PathBuf, String)]) -> Vec<LintProblem> {
             match outcome {
                 Outcome::Object { object, notices } => {
                     for n in notices {
-                        problems.push(LintProblem { file: path.clone(), object: object.id.to_string(), field: n.field, message: n.message });
+                        problems.push(LintProblem {
+                            file: path.clone(),
+                            object: object.id.to_string(),
+                            field: n.field,
+                            message: n.message,
+                        });
                     }
                     defined_in.insert(object.id.clone(), path.clone());
                     index.apply(object);
@@ -73,15 +83,30 @@ pub fn lint(files: &[(PathBuf, String)]) -> Vec<LintProblem> {
                         None => format!("document {} (line {}) {what}", pos.document, pos.line),
                     };
                     for e in errors.0 {
-                        problems.push(LintProblem { file: path.clone(), object: object.clone(), field: e.field, message: e.message });
+                        problems.push(LintProblem {
+                            file: path.clone(),
+                            object: object.clone(),
+                            field: e.field,
+                            message: e.message,
+                        });
                     }
                 }
             }
         }
     }
-    for p in diagnose::all(&index, Scope { only_where_present: true }) {
+    for p in diagnose::all(
+        &index,
+        Scope {
+            only_where_present: true,
+        },
+    ) {
         let file = defined_in.get(&p.object).cloned().unwrap_or_default();
-        problems.push(LintProblem { file, object: p.object.to_string(), field: p.finding.field, message: p.finding.message });
+        problems.push(LintProblem {
+            file,
+            object: p.object.to_string(),
+            field: p.finding.field,
+            message: p.finding.message,
+        });
     }
     problems
 }

@@ -1,1 +1,178 @@
-fn main() {}
+//! `smidge-controller`: reads SMI and Kubernetes objects and pushes per-proxy views.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use smidge_controller::admin::{self, Status};
+use smidge_controller::compile::MeshConfig;
+use smidge_controller::diagnose::{self, Scope};
+use smidge_controller::provider::{self, Report, Severity};
+use smidge_controller::push::{registry::Registry, server};
+use smidge_protocol::DefaultPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProviderKind {
+    /// A directory of Kubernetes YAML, re-read on change.
+    File,
+    /// The Kubernetes API (not built yet).
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "smidge-controller",
+    version,
+    about = "The smidge control plane"
+)]
+struct Args {
+    #[arg(long, value_enum, default_value = "file")]
+    provider: ProviderKind,
+    /// The manifest directory of the file provider.
+    #[arg(long, required_if_eq("provider", "file"))]
+    manifests: Option<PathBuf>,
+    /// Where proxies connect.
+    #[arg(long, default_value = "0.0.0.0:8086")]
+    listen: SocketAddr,
+    /// The admin endpoint (/live, /ready, /problems).
+    #[arg(long, default_value = "0.0.0.0:9996")]
+    admin: SocketAddr,
+    /// The default policy of namespaces without the `smidge.io/default-policy` annotation.
+    #[arg(long, default_value = "deny", value_parser = |s: &str| s.parse::<DefaultPolicy>())]
+    default_policy: DefaultPolicy,
+    #[arg(long, value_enum, default_value = "plain")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("smidge-controller: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = match (args.provider, args.manifests) {
+        (ProviderKind::File, Some(dir)) => dir,
+        (ProviderKind::File, None) => anyhow::bail!("--provider file needs --manifests DIR"),
+        (ProviderKind::Kubernetes, _) => {
+            anyhow::bail!("the kubernetes provider is not built yet; use --provider file")
+        }
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("--manifests {}: not a directory", dir.display());
+    }
+    let first_version = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    let registry = Arc::new(Mutex::new(Registry::new(
+        MeshConfig {
+            default_policy: args.default_policy,
+        },
+        first_version,
+    )));
+    let status = Arc::new(Mutex::new(Status::default()));
+
+    let push = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the push listener on {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", args.admin))?;
+    tracing::info!(push = %push.local_addr()?, admin = %admin_listener.local_addr()?, manifests = %dir.display(), "controller listening");
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move { provider::file::run(dir, tx).await.context("file provider") });
+    let reg = registry.clone();
+    tasks.spawn(async move { server::serve(push, reg).await.context("push server") });
+    let st = status.clone();
+    tasks.spawn(async move {
+        admin::serve(admin_listener, st)
+            .await
+            .context("admin server")
+    });
+
+    let mut shown: Vec<Report> = Vec::new();
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some((events, mut reports)) = batch else { anyhow::bail!("the provider stopped") };
+                let n = events.len();
+                let (changed, objects, views) = {
+                    let mut r = registry.lock().map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+                    let changed = r.apply(events);
+                    for p in diagnose::all(r.index(), Scope { only_where_present: false }) {
+                        reports.push(Report { severity: Severity::Warning, file: None, object: p.object.to_string(), field: p.finding.field, message: p.finding.message });
+                    }
+                    (changed, r.index().len(), r.view_count())
+                };
+                if n > 0 {
+                    tracing::info!(events = n, views_changed = changed, objects, "applied changes");
+                }
+                for report in reports.iter().filter(|r| !shown.contains(r)) {
+                    match report.severity {
+                        Severity::Error => tracing::warn!(file = ?report.file, object = %report.object, field = %report.field, "refused: {}", report.message),
+                        Severity::Warning => tracing::info!(file = ?report.file, object = %report.object, field = %report.field, "{}", report.message),
+                    }
+                }
+                shown = reports.clone();
+                if let Ok(mut s) = status.lock() {
+                    s.ready = true;
+                    s.problems = reports;
+                    s.objects = objects;
+                    s.views = views;
+                }
+            }
+            Some(done) = tasks.join_next() => {
+                return match done {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("a controller task stopped")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("a controller task panicked: {e}")),
+                };
+            }
+            _ = shutdown() => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -43,7 +43,11 @@ impl Kind {
     pub fn is_smi(self) -> bool {
         matches!(
             self,
-            Kind::TrafficTarget | Kind::HttpRouteGroup | Kind::TcpRoute | Kind::UdpRoute | Kind::TrafficSplit
+            Kind::TrafficTarget
+                | Kind::HttpRouteGroup
+                | Kind::TcpRoute
+                | Kind::UdpRoute
+                | Kind::TrafficSplit
         )
     }
 }
@@ -63,7 +67,10 @@ pub struct NsName {
 
 impl NsName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        NsName { namespace: namespace.into(), name: name.into() }
+        NsName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -86,7 +93,10 @@ pub struct ObjectId {
 
 impl ObjectId {
     pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectId { kind, key: NsName::new(namespace, name) }
+        ObjectId {
+            kind,
+            key: NsName::new(namespace, name),
+        }
     }
 }
 

@@ -27,7 +27,8 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
 fn committed_crds_match_the_generated_ones() {
     for (name, crd) in crds::all() {
         let path = repo().join("crds/smi").join(name);
-        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let committed =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(
             committed,
             crds::to_yaml(&crd).unwrap(),
@@ -42,11 +43,17 @@ fn crds_use_upstream_group_names_short_names_and_served_versions() {
     for (name, ours) in crds::all() {
         let theirs = yaml_docs(&upstream().join("crds").join(name)).remove(0);
         let ours = serde_json::to_value(&ours).unwrap();
-        assert_eq!(ours["metadata"]["name"], theirs["metadata"]["name"], "{name}");
+        assert_eq!(
+            ours["metadata"]["name"], theirs["metadata"]["name"],
+            "{name}"
+        );
         assert_eq!(ours["spec"]["group"], theirs["spec"]["group"], "{name}");
         assert_eq!(ours["spec"]["scope"], theirs["spec"]["scope"], "{name}");
         for field in ["kind", "plural", "singular", "shortNames"] {
-            assert_eq!(ours["spec"]["names"][field], theirs["spec"]["names"][field], "{name}: names.{field}");
+            assert_eq!(
+                ours["spec"]["names"][field], theirs["spec"]["names"][field],
+                "{name}: names.{field}"
+            );
         }
         let served = |crd: &Value| -> Vec<(String, bool)> {
             crd["spec"]["versions"]
@@ -54,10 +61,19 @@ fn crds_use_upstream_group_names_short_names_and_served_versions() {
                 .unwrap()
                 .iter()
                 .filter(|v| v["served"] == Value::Bool(true))
-                .map(|v| (v["name"].as_str().unwrap().to_string(), v["storage"].as_bool().unwrap()))
+                .map(|v| {
+                    (
+                        v["name"].as_str().unwrap().to_string(),
+                        v["storage"].as_bool().unwrap(),
+                    )
+                })
                 .collect()
         };
-        assert_eq!(served(&ours), served(&theirs), "{name}: served versions and storage");
+        assert_eq!(
+            served(&ours),
+            served(&theirs),
+            "{name}: served versions and storage"
+        );
     }
 }
 
@@ -82,27 +98,51 @@ fn every_smi_object_of_the_upstream_conformance_steps_validates_against_our_sche
         .into_iter()
         .map(|(_, crd)| {
             let v = &crd.spec.versions[0];
-            let schema = serde_json::to_value(v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
-            (format!("{}/{}", crd.spec.group, v.name), crd.spec.names.kind.clone(), schema)
+            let schema = serde_json::to_value(
+                v.schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema
+                    .as_ref()
+                    .unwrap(),
+            )
+            .unwrap();
+            (
+                format!("{}/{}", crd.spec.group, v.name),
+                crd.spec.names.kind.clone(),
+                schema,
+            )
         })
         .collect();
     let mut checked = 0;
     for file in conformance_files() {
-        let text = std::fs::read_to_string(&file).unwrap().replace("<NAMESPACE>", "kudo-test-x");
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("<NAMESPACE>", "kudo-test-x");
         let tmp = std::env::temp_dir().join(format!("smidge-crd-test-{}", std::process::id()));
         std::fs::write(&tmp, text).unwrap();
         for doc in yaml_docs(&tmp) {
-            let (api, kind) = (doc["apiVersion"].as_str().unwrap_or(""), doc["kind"].as_str().unwrap_or(""));
+            let (api, kind) = (
+                doc["apiVersion"].as_str().unwrap_or(""),
+                doc["kind"].as_str().unwrap_or(""),
+            );
             if !api.contains("smi-spec.io") {
                 continue;
             }
             let (_, _, schema) = schemas
                 .iter()
                 .find(|(a, k, _)| a == api && k == kind)
-                .unwrap_or_else(|| panic!("{}: {kind} {api} is not served by our CRDs", file.display()));
+                .unwrap_or_else(|| {
+                    panic!("{}: {kind} {api} is not served by our CRDs", file.display())
+                });
             let validator = jsonschema::validator_for(schema).unwrap();
             let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{}: {kind} {}: {errors:?}", file.display(), doc["metadata"]["name"]);
+            assert!(
+                errors.is_empty(),
+                "{}: {kind} {}: {errors:?}",
+                file.display(),
+                doc["metadata"]["name"]
+            );
             checked += 1;
         }
         let _ = std::fs::remove_file(&tmp);

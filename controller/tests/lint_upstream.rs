@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use smidge_controller::lint::{lint, LintProblem};
 
 fn steps(suite: &str, case: &str) -> BTreeMap<String, Vec<(PathBuf, String)>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/smi/upstream/conformance").join(suite).join("smi-conformance/test-gen/test-yamls").join(case);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/smi/upstream/conformance")
+        .join(suite)
+        .join("smi-conformance/test-gen/test-yamls")
+        .join(case);
     let mut by_step: BTreeMap<String, Vec<(PathBuf, String)>> = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -15,8 +19,13 @@ fn steps(suite: &str, case: &str) -> BTreeMap<String, Vec<(PathBuf, String)>> {
         }
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let step = name[..2].to_string();
-        let text = std::fs::read_to_string(&path).unwrap().replace("<NAMESPACE>", "kudo-test-x");
-        by_step.entry(step).or_default().push((PathBuf::from(name), text));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("<NAMESPACE>", "kudo-test-x");
+        by_step
+            .entry(step)
+            .or_default()
+            .push((PathBuf::from(name), text));
     }
     by_step
 }
@@ -26,7 +35,12 @@ fn problems(suite: &str, case: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for (_, files) in steps(suite, case) {
         for p in lint(&files) {
-            let LintProblem { file, field, object, .. } = p;
+            let LintProblem {
+                file,
+                field,
+                object,
+                ..
+            } = p;
             out.push((file.display().to_string(), object, field));
         }
     }
@@ -35,7 +49,9 @@ fn problems(suite: &str, case: &str) -> Vec<(String, String, String)> {
 }
 
 fn owned(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-    rows.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect()
+    rows.iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
 }
 
 #[test]

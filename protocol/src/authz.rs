@@ -27,7 +27,9 @@ struct CompiledAuthorization {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Admitted by the named TrafficTarget, or by the default policy.
-    Allow { by: String },
+    Allow {
+        by: String,
+    },
     Deny(DenyReason),
 }
 
@@ -69,15 +71,27 @@ impl CompiledInbound {
                 })
             })
             .collect::<Result<Vec<_>, InvalidView>>()?;
-        Ok(CompiledInbound { default_policy: view.default_policy, authorizations })
+        Ok(CompiledInbound {
+            default_policy: view.default_policy,
+            authorizations,
+        })
     }
 
     /// Decides one TCP connection (`request: None`) or one HTTP request.
-    pub fn decide(&self, client: Option<&Identity>, port: u16, request: Option<&dyn RequestHead>) -> Decision {
+    pub fn decide(
+        &self,
+        client: Option<&Identity>,
+        port: u16,
+        request: Option<&dyn RequestHead>,
+    ) -> Decision {
         if self.authorizations.is_empty() {
             return match (self.default_policy, client) {
-                (DefaultPolicy::AllowAll, _) => Decision::Allow { by: "default:allow-all".into() },
-                (DefaultPolicy::AllowMeshed, Some(_)) => Decision::Allow { by: "default:allow-meshed".into() },
+                (DefaultPolicy::AllowAll, _) => Decision::Allow {
+                    by: "default:allow-all".into(),
+                },
+                (DefaultPolicy::AllowMeshed, Some(_)) => Decision::Allow {
+                    by: "default:allow-meshed".into(),
+                },
                 (DefaultPolicy::AllowMeshed, None) => Decision::Deny(DenyReason::Unauthenticated),
                 (DefaultPolicy::Deny, _) => Decision::Deny(DenyReason::DefaultDeny),
             };
@@ -93,13 +107,19 @@ impl CompiledInbound {
             match (&a.http, request) {
                 (Some(matches), Some(req)) => {
                     if let Some(m) = matches.iter().find(|m| m.matches(req)) {
-                        return Decision::Allow { by: format!("{}#{}", a.name, m.name) };
+                        return Decision::Allow {
+                            by: format!("{}#{}", a.name, m.name),
+                        };
                     }
                     route_refused = true;
                 }
                 _ => return Decision::Allow { by: a.name.clone() },
             }
         }
-        Decision::Deny(if route_refused { DenyReason::NoMatchingRoute } else { DenyReason::NotAuthorized })
+        Decision::Deny(if route_refused {
+            DenyReason::NoMatchingRoute
+        } else {
+            DenyReason::NotAuthorized
+        })
     }
 }

@@ -29,7 +29,10 @@ pub enum CodecError {
 pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, CodecError> {
     let body = postcard::to_stdvec(msg)?;
     if body.len() > MAX_FRAME_LEN {
-        return Err(CodecError::TooLarge { len: body.len(), max: MAX_FRAME_LEN });
+        return Err(CodecError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_LEN,
+        });
     }
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
     out.put_u32(body.len() as u32);
@@ -39,7 +42,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, CodecError> {
 
 /// Decodes one frame from the start of `buf`: the message and the bytes it took, or `None`
 /// when `buf` does not hold a whole frame yet.
-pub fn decode<T: DeserializeOwned>(buf: &[u8], max_len: usize) -> Result<Option<(T, usize)>, CodecError> {
+pub fn decode<T: DeserializeOwned>(
+    buf: &[u8],
+    max_len: usize,
+) -> Result<Option<(T, usize)>, CodecError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
@@ -66,7 +72,10 @@ pub struct FrameCodec<In, Out> {
 
 impl<In, Out> FrameCodec<In, Out> {
     pub fn new(max_len: usize) -> Self {
-        FrameCodec { max_len, _types: std::marker::PhantomData }
+        FrameCodec {
+            max_len,
+            _types: std::marker::PhantomData,
+        }
     }
 }
 

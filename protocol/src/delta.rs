@@ -10,8 +10,14 @@ use crate::view::{Endpoint, OutboundView};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Adds the endpoint, or replaces the one with the same address.
-    Upsert { backend: u16, endpoint: Endpoint },
-    Remove { backend: u16, addr: SocketAddr },
+    Upsert {
+        backend: u16,
+        endpoint: Endpoint,
+    },
+    Remove {
+        backend: u16,
+        addr: SocketAddr,
+    },
 }
 
 /// Why a delta does not apply.
@@ -25,7 +31,10 @@ pub enum DeltaError {
 
 /// The endpoint changes that turn `old` into `new`, or `None` when anything but endpoints differs.
 pub fn diff(old: &OutboundView, new: &OutboundView) -> Option<Vec<Change>> {
-    if old.service != new.service || old.routes != new.routes || old.backends.len() != new.backends.len() {
+    if old.service != new.service
+        || old.routes != new.routes
+        || old.backends.len() != new.backends.len()
+    {
         return None;
     }
     let mut changes = Vec::new();
@@ -36,12 +45,18 @@ pub fn diff(old: &OutboundView, new: &OutboundView) -> Option<Vec<Change>> {
         let backend = u16::try_from(i).ok()?;
         for ep in &a.endpoints {
             if !b.endpoints.iter().any(|e| e.addr == ep.addr) {
-                changes.push(Change::Remove { backend, addr: ep.addr });
+                changes.push(Change::Remove {
+                    backend,
+                    addr: ep.addr,
+                });
             }
         }
         for ep in &b.endpoints {
             if !a.endpoints.contains(ep) {
-                changes.push(Change::Upsert { backend, endpoint: ep.clone() });
+                changes.push(Change::Upsert {
+                    backend,
+                    endpoint: ep.clone(),
+                });
             }
         }
     }
@@ -71,9 +86,12 @@ pub fn apply(view: &OutboundView, changes: &[Change]) -> Result<OutboundView, De
                     .get_mut(usize::from(*backend))
                     .ok_or(DeltaError::NoSuchBackend(*backend))?
                     .endpoints;
-                let i = eps
-                    .binary_search_by(|e| e.addr.cmp(addr))
-                    .map_err(|_| DeltaError::NoSuchEndpoint { backend: *backend, addr: *addr })?;
+                let i = eps.binary_search_by(|e| e.addr.cmp(addr)).map_err(|_| {
+                    DeltaError::NoSuchEndpoint {
+                        backend: *backend,
+                        addr: *addr,
+                    }
+                })?;
                 eps.remove(i);
             }
         }

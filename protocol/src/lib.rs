@@ -21,6 +21,6 @@ pub mod view;
 pub use codec::{decode, encode, CodecError, Encoded, FrameCodec, MAX_FRAME_LEN};
 pub use message::{ClientMessage, ProxyId, ServerMessage, ViewUpdate, PROTOCOL_VERSION};
 pub use view::{
-    Authorization, Backend, DefaultPolicy, Endpoint, HttpMatch, Identity, InboundView, OutboundView, PortRule,
-    Route, ServiceRef, View, ViewKey, WeightedTarget,
+    Authorization, Backend, DefaultPolicy, Endpoint, HttpMatch, Identity, InboundView,
+    OutboundView, PortRule, Route, ServiceRef, View, ViewKey, WeightedTarget,
 };

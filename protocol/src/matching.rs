@@ -63,7 +63,12 @@ impl CompiledMatch {
                     .map_err(|e| bad(&format!("header {name:?}"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(CompiledMatch { name: m.name.clone(), path, methods, headers })
+        Ok(CompiledMatch {
+            name: m.name.clone(),
+            path,
+            methods,
+            headers,
+        })
     }
 
     pub fn matches(&self, req: &dyn RequestHead) -> bool {
@@ -89,7 +94,10 @@ pub fn compile_all(matches: &[HttpMatch]) -> Result<Vec<CompiledMatch>, InvalidV
 }
 
 /// The first match in `matches` that accepts the request.
-pub fn first_match<'a>(matches: &'a [CompiledMatch], req: &dyn RequestHead) -> Option<&'a CompiledMatch> {
+pub fn first_match<'a>(
+    matches: &'a [CompiledMatch],
+    req: &dyn RequestHead,
+) -> Option<&'a CompiledMatch> {
     matches.iter().find(|m| m.matches(req))
 }
 
@@ -103,7 +111,11 @@ pub struct SimpleRequest {
 
 impl SimpleRequest {
     pub fn new(method: &str, path: &str) -> Self {
-        SimpleRequest { method: method.into(), path: path.into(), headers: Vec::new() }
+        SimpleRequest {
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -133,7 +145,10 @@ mod tests {
             name: "t".into(),
             path_regex: path.map(Into::into),
             methods: methods.iter().map(|s| s.to_string()).collect(),
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
         })
         .unwrap()
     }
@@ -168,12 +183,20 @@ mod tests {
 
     #[test]
     fn headers_are_anded_names_case_insensitive_values_whole() {
-        let h = m(None, &[], &[("User-Agent", ".*Android.*"), ("x-canary", "yes")]);
-        let both = SimpleRequest::new("GET", "/").header("user-agent", "Mozilla Android 12").header("X-Canary", "yes");
+        let h = m(
+            None,
+            &[],
+            &[("User-Agent", ".*Android.*"), ("x-canary", "yes")],
+        );
+        let both = SimpleRequest::new("GET", "/")
+            .header("user-agent", "Mozilla Android 12")
+            .header("X-Canary", "yes");
         assert!(h.matches(&both));
         let one = SimpleRequest::new("GET", "/").header("user-agent", "Android");
         assert!(!h.matches(&one));
-        let partial = SimpleRequest::new("GET", "/").header("user-agent", "Android").header("x-canary", "yes!");
+        let partial = SimpleRequest::new("GET", "/")
+            .header("user-agent", "Android")
+            .header("x-canary", "yes!");
         assert!(!h.matches(&partial), "header regexes match the whole value");
     }
 
@@ -185,8 +208,12 @@ mod tests {
 
     #[test]
     fn a_bad_regex_is_reported_with_the_match_name() {
-        let err = CompiledMatch::compile(&HttpMatch { name: "ns/rg/bad".into(), path_regex: Some("(".into()), ..Default::default() })
-            .unwrap_err();
+        let err = CompiledMatch::compile(&HttpMatch {
+            name: "ns/rg/bad".into(),
+            path_regex: Some("(".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("ns/rg/bad"), "{err}");
         assert!(err.to_string().contains("pathRegex"), "{err}");
     }

@@ -20,7 +20,10 @@ pub struct ProxyId {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMessage {
     /// The first message on a connection.
-    Hello { protocol_version: u16, proxy: ProxyId },
+    Hello {
+        protocol_version: u16,
+        proxy: ProxyId,
+    },
     /// Start receiving a view: the current version first, then its changes.
     Subscribe(ViewKey),
     /// Stop receiving a view.
@@ -28,7 +31,11 @@ pub enum ClientMessage {
     /// The proxy applied this version.
     Ack { key: ViewKey, version: u64 },
     /// The proxy could not apply this version and keeps the one it had.
-    Nack { key: ViewKey, version: u64, reason: String },
+    Nack {
+        key: ViewKey,
+        version: u64,
+        reason: String,
+    },
 }
 
 /// Controller → proxy.
@@ -39,7 +46,11 @@ pub enum ServerMessage {
     /// Answer to a Hello the controller refuses; the connection closes after it.
     Refused { reason: String },
     /// A new version of a subscribed view.
-    View { key: ViewKey, version: u64, update: ViewUpdate },
+    View {
+        key: ViewKey,
+        version: u64,
+        update: ViewUpdate,
+    },
 }
 
 /// The body of a view message.

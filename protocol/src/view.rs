@@ -32,7 +32,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(namespace: impl Into<String>, service_account: impl Into<String>) -> Self {
-        Identity { namespace: namespace.into(), service_account: service_account.into() }
+        Identity {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
     }
 }
 
@@ -59,7 +62,11 @@ pub struct ServiceRef {
 
 impl fmt::Display for ServiceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.svc.cluster.local:{}", self.name, self.namespace, self.port)
+        write!(
+            f,
+            "{}.{}.svc.cluster.local:{}",
+            self.name, self.namespace, self.port
+        )
     }
 }
 
@@ -200,7 +207,11 @@ impl PortRule {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidView {
     #[error("route {route:?} points at backend {backend}, but the view has {count} backends")]
-    BackendOutOfRange { route: String, backend: u16, count: usize },
+    BackendOutOfRange {
+        route: String,
+        backend: u16,
+        count: usize,
+    },
     #[error("route {route:?} has a zero weight for backend {backend}")]
     ZeroWeight { route: String, backend: u16 },
     #[error("match {name:?}: {reason}")]
@@ -236,7 +247,10 @@ impl OutboundView {
                     });
                 }
                 if t.weight == 0 {
-                    return Err(InvalidView::ZeroWeight { route: route.name.clone(), backend: t.backend });
+                    return Err(InvalidView::ZeroWeight {
+                        route: route.name.clone(),
+                        backend: t.backend,
+                    });
                 }
             }
             for m in &route.matches {

@@ -11,9 +11,11 @@ fn identity() -> impl Strategy<Value = Identity> {
 }
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
-    (any::<[u8; 4]>(), 1u16.., proptest::option::of(identity())).prop_map(|(ip, port, identity)| Endpoint {
-        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port),
-        identity,
+    (any::<[u8; 4]>(), 1u16.., proptest::option::of(identity())).prop_map(|(ip, port, identity)| {
+        Endpoint {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port),
+            identity,
+        }
     })
 }
 
@@ -27,11 +29,20 @@ fn backend() -> impl Strategy<Value = Backend> {
 
 fn outbound() -> impl Strategy<Value = OutboundView> {
     proptest::collection::vec(backend(), 1..4).prop_map(|backends| OutboundView {
-        service: ServiceRef { namespace: "ns".into(), name: "svc".into(), port: 80 },
+        service: ServiceRef {
+            namespace: "ns".into(),
+            name: "svc".into(),
+            port: 80,
+        },
         routes: vec![Route {
             name: String::new(),
             matches: vec![],
-            targets: (0..backends.len() as u16).map(|b| WeightedTarget { backend: b, weight: 1 }).collect(),
+            targets: (0..backends.len() as u16)
+                .map(|b| WeightedTarget {
+                    backend: b,
+                    weight: 1,
+                })
+                .collect(),
         }],
         backends,
     })
@@ -85,43 +96,84 @@ fn an_oversized_length_is_refused_before_reading_the_body() {
 
 #[test]
 fn a_partial_frame_waits_for_more() {
-    let frame = encode(&ClientMessage::Subscribe(ViewKey::Outbound("10.0.0.1:80".parse().unwrap()))).unwrap();
+    let frame = encode(&ClientMessage::Subscribe(ViewKey::Outbound(
+        "10.0.0.1:80".parse().unwrap(),
+    )))
+    .unwrap();
     for cut in 0..frame.len() {
-        assert!(decode::<ClientMessage>(&frame[..cut], MAX_FRAME_LEN).unwrap().is_none());
+        assert!(decode::<ClientMessage>(&frame[..cut], MAX_FRAME_LEN)
+            .unwrap()
+            .is_none());
     }
 }
 
 #[test]
 fn trailing_bytes_inside_a_frame_are_refused() {
-    let body = postcard::to_stdvec(&ClientMessage::Unsubscribe(ViewKey::Inbound(Identity::new("a", "b")))).unwrap();
+    let body = postcard::to_stdvec(&ClientMessage::Unsubscribe(ViewKey::Inbound(
+        Identity::new("a", "b"),
+    )))
+    .unwrap();
     let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
     frame.push(0);
-    assert!(matches!(decode::<ClientMessage>(&frame, MAX_FRAME_LEN), Err(CodecError::Trailing(1))));
+    assert!(matches!(
+        decode::<ClientMessage>(&frame, MAX_FRAME_LEN),
+        Err(CodecError::Trailing(1))
+    ));
 }
 
 #[test]
 fn a_delta_against_a_missing_endpoint_is_refused() {
     let view = OutboundView {
-        service: ServiceRef { namespace: "ns".into(), name: "svc".into(), port: 80 },
+        service: ServiceRef {
+            namespace: "ns".into(),
+            name: "svc".into(),
+            port: 80,
+        },
         routes: vec![],
-        backends: vec![Backend { name: "svc".into(), endpoints: vec![] }],
+        backends: vec![Backend {
+            name: "svc".into(),
+            endpoints: vec![],
+        }],
     };
-    let changes = [smidge_protocol::delta::Change::Remove { backend: 0, addr: "10.0.0.9:80".parse().unwrap() }];
+    let changes = [smidge_protocol::delta::Change::Remove {
+        backend: 0,
+        addr: "10.0.0.9:80".parse().unwrap(),
+    }];
     assert!(apply(&view, &changes).is_err());
-    let changes = [smidge_protocol::delta::Change::Remove { backend: 7, addr: "10.0.0.9:80".parse().unwrap() }];
+    let changes = [smidge_protocol::delta::Change::Remove {
+        backend: 7,
+        addr: "10.0.0.9:80".parse().unwrap(),
+    }];
     assert!(apply(&view, &changes).is_err());
 }
 
 #[test]
 fn validation_refuses_out_of_range_backends_and_zero_weights() {
     let mut view = OutboundView {
-        service: ServiceRef { namespace: "ns".into(), name: "svc".into(), port: 80 },
-        routes: vec![Route { name: "r".into(), matches: vec![], targets: vec![WeightedTarget { backend: 1, weight: 1 }] }],
-        backends: vec![Backend { name: "svc".into(), endpoints: vec![] }],
+        service: ServiceRef {
+            namespace: "ns".into(),
+            name: "svc".into(),
+            port: 80,
+        },
+        routes: vec![Route {
+            name: "r".into(),
+            matches: vec![],
+            targets: vec![WeightedTarget {
+                backend: 1,
+                weight: 1,
+            }],
+        }],
+        backends: vec![Backend {
+            name: "svc".into(),
+            endpoints: vec![],
+        }],
     };
     assert!(View::Outbound(view.clone()).validate().is_err());
-    view.routes[0].targets[0] = WeightedTarget { backend: 0, weight: 0 };
+    view.routes[0].targets[0] = WeightedTarget {
+        backend: 0,
+        weight: 0,
+    };
     assert!(View::Outbound(view.clone()).validate().is_err());
     view.routes[0].targets[0].weight = 3;
     assert!(View::Outbound(view).validate().is_ok());

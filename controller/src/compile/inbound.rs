@@ -18,7 +18,10 @@ use crate::model::{Body, NsName, RouteKind, TrafficTarget};
 
 /// Compiles the inbound view of the workload running as `id`.
 pub fn inbound(lookup: &Lookup<'_>, id: &Identity, config: &MeshConfig) -> InboundView {
-    let default_policy = lookup.namespace(&id.namespace).and_then(|n| n.default_policy).unwrap_or(config.default_policy);
+    let default_policy = lookup
+        .namespace(&id.namespace)
+        .and_then(|n| n.default_policy)
+        .unwrap_or(config.default_policy);
     let authorizations = lookup
         .under(DepKey::Targets(id.clone()))
         .into_iter()
@@ -28,7 +31,10 @@ pub fn inbound(lookup: &Lookup<'_>, id: &Identity, config: &MeshConfig) -> Inbou
             _ => None,
         })
         .collect();
-    InboundView { default_policy, authorizations }
+    InboundView {
+        default_policy,
+        authorizations,
+    }
 }
 
 fn authorization(lookup: &Lookup<'_>, name: &NsName, tt: &TrafficTarget) -> Authorization {
@@ -42,8 +48,12 @@ fn authorization(lookup: &Lookup<'_>, name: &NsName, tt: &TrafficTarget) -> Auth
             (RouteKind::HttpRouteGroup, body) => {
                 let list = http.get_or_insert_with(Vec::new);
                 if let Some(Body::HttpRouteGroup(group)) = body {
-                    let wanted = |m: &&HttpMatch| rule.matches.is_empty() || rule.matches.contains(&m.name);
-                    list.extend(group.matches.iter().filter(wanted).map(|m| HttpMatch { name: format!("{key}/{}", m.name), ..m.clone() }));
+                    let wanted =
+                        |m: &&HttpMatch| rule.matches.is_empty() || rule.matches.contains(&m.name);
+                    list.extend(group.matches.iter().filter(wanted).map(|m| HttpMatch {
+                        name: format!("{key}/{}", m.name),
+                        ..m.clone()
+                    }));
                 }
             }
             (RouteKind::TcpRoute, body) => {
@@ -76,5 +86,10 @@ fn authorization(lookup: &Lookup<'_>, name: &NsName, tt: &TrafficTarget) -> Auth
         .filter(|s| s.kind == "ServiceAccount")
         .map(|s| Identity::new(s.namespace.clone(), s.name.clone()))
         .collect();
-    Authorization { name: name.to_string(), sources, ports, http }
+    Authorization {
+        name: name.to_string(),
+        sources,
+        ports,
+        http,
+    }
 }

@@ -21,7 +21,9 @@ pub struct MeshConfig {
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        MeshConfig { default_policy: DefaultPolicy::Deny }
+        MeshConfig {
+            default_policy: DefaultPolicy::Deny,
+        }
     }
 }
 
@@ -39,7 +41,10 @@ pub fn compile(index: &Index, key: &ViewKey, config: &MeshConfig) -> Compiled {
         ViewKey::Outbound(addr) => outbound(&lookup, *addr).map(View::Outbound),
         ViewKey::Inbound(id) => Some(View::Inbound(inbound(&lookup, id, config))),
     };
-    Compiled { view, deps: lookup.into_deps() }
+    Compiled {
+        view,
+        deps: lookup.into_deps(),
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,9 @@ fn index_of(text: &str) -> Index {
                 index.apply(object);
             }
             Outcome::Skipped { .. } => {}
-            Outcome::Invalid { what, errors, .. } => panic!("fixture document {}: {what}: {errors}", pos.document),
+            Outcome::Invalid { what, errors, .. } => {
+                panic!("fixture document {}: {what}: {errors}", pos.document)
+            }
         }
     }
     index
@@ -77,7 +79,13 @@ fn inbound_with(index: &Index, sa: &str, config: &MeshConfig) -> CompiledInbound
 }
 
 fn outbound(index: &Index, addr: &str) -> OutboundView {
-    match compile(index, &ViewKey::Outbound(addr.parse().unwrap()), &MeshConfig::default()).view {
+    match compile(
+        index,
+        &ViewKey::Outbound(addr.parse().unwrap()),
+        &MeshConfig::default(),
+    )
+    .view
+    {
         Some(View::Outbound(v)) => v,
         other => panic!("{other:?}"),
     }
@@ -103,7 +111,10 @@ spec: {matches: {ports: []}}
 "#;
 
 fn target(name: &str, dest: &str, sources: &[&str], rules: &str) -> String {
-    let sources: Vec<String> = sources.iter().map(|s| format!("{{kind: ServiceAccount, name: {s}, namespace: ns}}")).collect();
+    let sources: Vec<String> = sources
+        .iter()
+        .map(|s| format!("{{kind: ServiceAccount, name: {s}, namespace: ns}}"))
+        .collect();
     format!(
         "\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  destination: {{kind: ServiceAccount, name: {dest}, namespace: ns}}\n  sources: [{}]\n  rules: {rules}\n",
         sources.join(", ")
@@ -126,40 +137,99 @@ spec:
 fn all_traffic_is_denied_by_default() {
     let index = world("");
     let b = inbound(&index, "b");
-    assert_eq!(b.decide(Some(&id("a")), 8080, None), Decision::Deny(DenyReason::DefaultDeny));
-    assert_eq!(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/"))), Decision::Deny(DenyReason::DefaultDeny));
+    assert_eq!(
+        b.decide(Some(&id("a")), 8080, None),
+        Decision::Deny(DenyReason::DefaultDeny)
+    );
+    assert_eq!(
+        b.decide(Some(&id("a")), 8080, Some(&http("GET", "/"))),
+        Decision::Deny(DenyReason::DefaultDeny)
+    );
 }
 
 #[test]
 fn destination_selects_the_workloads_of_its_service_account() {
-    let index = world(&format!("{TCP_ALL}{}", target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")));
-    assert!(allowed(inbound(&index, "b").decide(Some(&id("a")), 8080, None)));
-    assert!(!allowed(inbound(&index, "c").decide(Some(&id("a")), 8080, None)));
+    let index = world(&format!(
+        "{TCP_ALL}{}",
+        target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")
+    ));
+    assert!(allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        8080,
+        None
+    )));
+    assert!(!allowed(inbound(&index, "c").decide(
+        Some(&id("a")),
+        8080,
+        None
+    )));
 }
 
 #[test]
 fn a_source_not_in_the_list_is_denied() {
-    let index = world(&format!("{TCP_ALL}{}", target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")));
-    assert_eq!(inbound(&index, "b").decide(Some(&id("c")), 8080, None), Decision::Deny(DenyReason::NotAuthorized));
-    assert_eq!(inbound(&index, "b").decide(None, 8080, None), Decision::Deny(DenyReason::Unauthenticated));
+    let index = world(&format!(
+        "{TCP_ALL}{}",
+        target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")
+    ));
+    assert_eq!(
+        inbound(&index, "b").decide(Some(&id("c")), 8080, None),
+        Decision::Deny(DenyReason::NotAuthorized)
+    );
+    assert_eq!(
+        inbound(&index, "b").decide(None, 8080, None),
+        Decision::Deny(DenyReason::Unauthenticated)
+    );
 }
 
 #[test]
 fn a_listed_source_on_a_route_not_in_the_list_is_denied() {
-    let index = world(&format!("{ROUTES}{}", target("t", "b", &["a"], "[{kind: HTTPRouteGroup, name: routes, matches: [metrics]}]")));
+    let index = world(&format!(
+        "{ROUTES}{}",
+        target(
+            "t",
+            "b",
+            &["a"],
+            "[{kind: HTTPRouteGroup, name: routes, matches: [metrics]}]"
+        )
+    ));
     let b = inbound(&index, "b");
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/metrics")))));
-    assert_eq!(b.decide(Some(&id("a")), 8080, Some(&http("POST", "/metrics"))), Decision::Deny(DenyReason::NoMatchingRoute));
-    assert_eq!(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/api"))), Decision::Deny(DenyReason::NoMatchingRoute));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/metrics"))
+    )));
+    assert_eq!(
+        b.decide(Some(&id("a")), 8080, Some(&http("POST", "/metrics"))),
+        Decision::Deny(DenyReason::NoMatchingRoute)
+    );
+    assert_eq!(
+        b.decide(Some(&id("a")), 8080, Some(&http("GET", "/api"))),
+        Decision::Deny(DenyReason::NoMatchingRoute)
+    );
 }
 
 #[test]
 fn a_rule_without_matches_is_valid_for_all_matches_of_the_group() {
-    let index = world(&format!("{ROUTES}{}", target("t", "b", &["a"], "[{kind: HTTPRouteGroup, name: routes}]")));
+    let index = world(&format!(
+        "{ROUTES}{}",
+        target("t", "b", &["a"], "[{kind: HTTPRouteGroup, name: routes}]")
+    ));
     let b = inbound(&index, "b");
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("DELETE", "/api/x")))));
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/metrics")))));
-    assert!(!allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/other")))));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("DELETE", "/api/x"))
+    )));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/metrics"))
+    )));
+    assert!(!allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/other"))
+    )));
 }
 
 #[test]
@@ -170,18 +240,35 @@ kind: TCPRoute
 metadata: {name: some, namespace: ns}
 spec: {matches: {ports: [8080, 9090]}}
 "#;
-    let index = world(&format!("{some}{}", target("t", "b", &["a"], "[{kind: TCPRoute, name: some}]")));
+    let index = world(&format!(
+        "{some}{}",
+        target("t", "b", &["a"], "[{kind: TCPRoute, name: some}]")
+    ));
     let b = inbound(&index, "b");
     assert!(allowed(b.decide(Some(&id("a")), 9090, None)));
     assert!(!allowed(b.decide(Some(&id("a")), 7070, None)));
-    let index = world(&format!("{TCP_ALL}{}", target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")));
-    assert!(allowed(inbound(&index, "b").decide(Some(&id("a")), 7070, None)));
+    let index = world(&format!(
+        "{TCP_ALL}{}",
+        target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")
+    ));
+    assert!(allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        7070,
+        None
+    )));
 }
 
 #[test]
 fn a_tcp_route_alone_admits_http_on_its_ports() {
-    let index = world(&format!("{TCP_ALL}{}", target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")));
-    assert!(allowed(inbound(&index, "b").decide(Some(&id("a")), 8080, Some(&http("POST", "/echo")))));
+    let index = world(&format!(
+        "{TCP_ALL}{}",
+        target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")
+    ));
+    assert!(allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("POST", "/echo"))
+    )));
 }
 
 #[test]
@@ -193,11 +280,26 @@ metadata: {name: api-port, namespace: ns}
 spec: {matches: {ports: [8080]}}
 "#;
     let rules = "[{kind: TCPRoute, name: api-port}, {kind: HTTPRouteGroup, name: routes, matches: [metrics]}]";
-    let index = world(&format!("{port}\n---\n{ROUTES}{}", target("t", "b", &["a"], rules)));
+    let index = world(&format!(
+        "{port}\n---\n{ROUTES}{}",
+        target("t", "b", &["a"], rules)
+    ));
     let b = inbound(&index, "b");
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/metrics")))));
-    assert!(!allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/api")))));
-    assert!(!allowed(b.decide(Some(&id("a")), 9999, Some(&http("GET", "/metrics")))));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/metrics"))
+    )));
+    assert!(!allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/api"))
+    )));
+    assert!(!allowed(b.decide(
+        Some(&id("a")),
+        9999,
+        Some(&http("GET", "/metrics"))
+    )));
 }
 
 #[test]
@@ -208,21 +310,50 @@ kind: UDPRoute
 metadata: {name: dns, namespace: ns}
 spec: {matches: {ports: [8301]}}
 "#;
-    let index = world(&format!("{udp}{}", target("t", "b", &["a"], "[{kind: UDPRoute, name: dns}]")));
-    assert!(!allowed(inbound(&index, "b").decide(Some(&id("a")), 8301, None)));
+    let index = world(&format!(
+        "{udp}{}",
+        target("t", "b", &["a"], "[{kind: UDPRoute, name: dns}]")
+    ));
+    assert!(!allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        8301,
+        None
+    )));
 }
 
 #[test]
 fn access_is_additive_across_traffic_targets() {
     let index = world(&format!(
         "{ROUTES}{}{}",
-        target("t1", "b", &["a"], "[{kind: HTTPRouteGroup, name: routes, matches: [api]}]"),
-        target("t2", "b", &["c"], "[{kind: HTTPRouteGroup, name: routes, matches: [metrics]}]")
+        target(
+            "t1",
+            "b",
+            &["a"],
+            "[{kind: HTTPRouteGroup, name: routes, matches: [api]}]"
+        ),
+        target(
+            "t2",
+            "b",
+            &["c"],
+            "[{kind: HTTPRouteGroup, name: routes, matches: [metrics]}]"
+        )
     ));
     let b = inbound(&index, "b");
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("PUT", "/api")))));
-    assert!(allowed(b.decide(Some(&id("c")), 8080, Some(&http("GET", "/metrics")))));
-    assert!(!allowed(b.decide(Some(&id("c")), 8080, Some(&http("PUT", "/api")))));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("PUT", "/api"))
+    )));
+    assert!(allowed(b.decide(
+        Some(&id("c")),
+        8080,
+        Some(&http("GET", "/metrics"))
+    )));
+    assert!(!allowed(b.decide(
+        Some(&id("c")),
+        8080,
+        Some(&http("PUT", "/api"))
+    )));
 }
 
 #[test]
@@ -253,8 +384,16 @@ specs: [{kind: HTTPRouteGroup, name: routes, matches: [api]}]
 "#;
     let index = world(&format!("{ROUTES}\n---\n{tt}"));
     let b = inbound(&index, "b");
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/api")))));
-    assert!(!allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/metrics")))));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/api"))
+    )));
+    assert!(!allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/metrics"))
+    )));
 }
 
 #[test]
@@ -273,40 +412,79 @@ fn a_v1alpha3_target_needs_a_destination_a_rule_and_a_source() {
 fn a_missing_namespace_defaults_to_the_target_namespace() {
     let tt = "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: t, namespace: ns}\nspec:\n  destination: {kind: ServiceAccount, name: b}\n  sources: [{kind: ServiceAccount, name: a}]\n  rules: [{kind: TCPRoute, name: all}]\n";
     let index = world(&format!("{TCP_ALL}\n---\n{tt}"));
-    assert!(allowed(inbound(&index, "b").decide(Some(&id("a")), 8080, None)));
+    assert!(allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        8080,
+        None
+    )));
 }
 
 #[test]
 fn a_target_only_governs_destinations_in_its_own_namespace() {
     let tt = "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: t, namespace: elsewhere}\nspec:\n  destination: {kind: ServiceAccount, name: b, namespace: ns}\n  sources: [{kind: ServiceAccount, name: a, namespace: ns}]\n  rules: [{kind: TCPRoute, name: all}]\n";
-    let index = world(&format!("{}\n---\n{tt}", TCP_ALL.replace("namespace: ns", "namespace: elsewhere")));
-    assert!(!allowed(inbound(&index, "b").decide(Some(&id("a")), 8080, None)));
+    let index = world(&format!(
+        "{}\n---\n{tt}",
+        TCP_ALL.replace("namespace: ns", "namespace: elsewhere")
+    ));
+    assert!(!allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        8080,
+        None
+    )));
 }
 
 #[test]
 fn a_rule_naming_a_missing_route_admits_nothing() {
-    let index = world(&target("t", "b", &["a"], "[{kind: HTTPRouteGroup, name: nowhere}, {kind: TCPRoute, name: nothing}]"));
+    let index = world(&target(
+        "t",
+        "b",
+        &["a"],
+        "[{kind: HTTPRouteGroup, name: nowhere}, {kind: TCPRoute, name: nothing}]",
+    ));
     let b = inbound(&index, "b");
     assert!(!allowed(b.decide(Some(&id("a")), 8080, None)));
-    assert!(!allowed(b.decide(Some(&id("a")), 8080, Some(&http("GET", "/")))));
+    assert!(!allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/"))
+    )));
 }
 
 #[test]
 fn the_default_policy_annotation_admits_meshed_or_all_clients() {
-    let allow_meshed = index_of(&WORLD.replace("labels:", "annotations: {smidge.io/default-policy: allow-meshed}, labels:"));
+    let allow_meshed = index_of(&WORLD.replace(
+        "labels:",
+        "annotations: {smidge.io/default-policy: allow-meshed}, labels:",
+    ));
     let b = inbound(&allow_meshed, "b");
     assert!(allowed(b.decide(Some(&id("a")), 8080, None)));
-    assert_eq!(b.decide(None, 8080, None), Decision::Deny(DenyReason::Unauthenticated));
-    let allow_all = index_of(&WORLD.replace("labels:", "annotations: {smidge.io/default-policy: allow-all}, labels:"));
+    assert_eq!(
+        b.decide(None, 8080, None),
+        Decision::Deny(DenyReason::Unauthenticated)
+    );
+    let allow_all = index_of(&WORLD.replace(
+        "labels:",
+        "annotations: {smidge.io/default-policy: allow-all}, labels:",
+    ));
     assert!(allowed(inbound(&allow_all, "b").decide(None, 8080, None)));
-    let mesh_wide = MeshConfig { default_policy: DefaultPolicy::AllowAll };
-    assert!(allowed(inbound_with(&world(""), "b", &mesh_wide).decide(None, 8080, None)));
+    let mesh_wide = MeshConfig {
+        default_policy: DefaultPolicy::AllowAll,
+    };
+    assert!(allowed(
+        inbound_with(&world(""), "b", &mesh_wide).decide(None, 8080, None)
+    ));
 }
 
 #[test]
 fn the_default_policy_applies_only_while_no_target_names_the_workload() {
-    let text = WORLD.replace("labels:", "annotations: {smidge.io/default-policy: allow-all}, labels:");
-    let index = index_of(&format!("{text}\n---\n{TCP_ALL}{}", target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")));
+    let text = WORLD.replace(
+        "labels:",
+        "annotations: {smidge.io/default-policy: allow-all}, labels:",
+    );
+    let index = index_of(&format!(
+        "{text}\n---\n{TCP_ALL}{}",
+        target("t", "b", &["a"], "[{kind: TCPRoute, name: all}]")
+    ));
     let b = inbound(&index, "b");
     assert!(allowed(b.decide(Some(&id("a")), 8080, None)));
     assert!(!allowed(b.decide(Some(&id("c")), 8080, None)));
@@ -326,12 +504,23 @@ spec:
   - {name: android, headers: [{user-agent: ".*Android.*"}], methods: [GET]}
   - {name: admin, pathRegex: /admin}
 "#;
-    let index = world(&format!("{group}{}", target("t", "b", &["a"], "[{kind: HTTPRouteGroup, name: g}]")));
+    let index = world(&format!(
+        "{group}{}",
+        target("t", "b", &["a"], "[{kind: HTTPRouteGroup, name: g}]")
+    ));
     let b = inbound(&index, "b");
     let android = http("GET", "/x").header("User-Agent", "Mozilla (Android 14)");
     assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&android))));
-    assert!(!allowed(b.decide(Some(&id("a")), 8080, Some(&http("POST", "/x").header("user-agent", "Android")))));
-    assert!(allowed(b.decide(Some(&id("a")), 8080, Some(&http("POST", "/admin/users")))));
+    assert!(!allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("POST", "/x").header("user-agent", "Android"))
+    )));
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("POST", "/admin/users"))
+    )));
 }
 
 // ---- §4 traffic split ----
@@ -341,35 +530,59 @@ fn split(backends: &str) -> String {
 }
 
 fn shares(view: &OutboundView, route: usize) -> Vec<(String, u32)> {
-    view.routes[route].targets.iter().map(|t| (view.backends[t.backend as usize].name.clone(), t.weight)).collect()
+    view.routes[route]
+        .targets
+        .iter()
+        .map(|t| (view.backends[t.backend as usize].name.clone(), t.weight))
+        .collect()
 }
 
 #[test]
 fn without_a_split_the_root_service_endpoints_serve() {
     let view = outbound(&world(""), "10.96.0.1:80");
     assert_eq!(shares(&view, 0), [("a".to_string(), 1)]);
-    assert_eq!(view.backends[0].endpoints[0].addr, "10.0.0.1:8080".parse().unwrap());
+    assert_eq!(
+        view.backends[0].endpoints[0].addr,
+        "10.0.0.1:8080".parse().unwrap()
+    );
 }
 
 #[test]
 fn an_address_that_is_no_service_port_has_no_view() {
     let index = world("");
     for addr in ["10.96.0.9:80", "10.96.0.1:81"] {
-        assert!(compile(&index, &ViewKey::Outbound(addr.parse().unwrap()), &MeshConfig::default()).view.is_none());
+        assert!(compile(
+            &index,
+            &ViewKey::Outbound(addr.parse().unwrap()),
+            &MeshConfig::default()
+        )
+        .view
+        .is_none());
     }
 }
 
 #[test]
 fn weights_are_relative() {
-    let view = outbound(&world(&split("[{service: b, weight: 1000}, {service: c, weight: 500}]")), "10.96.0.1:80");
-    assert_eq!(shares(&view, 0), [("b".to_string(), 1000), ("c".to_string(), 500)]);
+    let view = outbound(
+        &world(&split(
+            "[{service: b, weight: 1000}, {service: c, weight: 500}]",
+        )),
+        "10.96.0.1:80",
+    );
+    assert_eq!(
+        shares(&view, 0),
+        [("b".to_string(), 1000), ("c".to_string(), 500)]
+    );
     assert_eq!(view.routes.len(), 1);
     assert_eq!(view.routes[0].name, "ns/s");
 }
 
 #[test]
 fn weight_zero_never_receives_traffic() {
-    let view = outbound(&world(&split("[{service: b, weight: 1}, {service: c, weight: 0}]")), "10.96.0.1:80");
+    let view = outbound(
+        &world(&split("[{service: b, weight: 1}, {service: c, weight: 0}]")),
+        "10.96.0.1:80",
+    );
     assert_eq!(shares(&view, 0), [("b".to_string(), 1)]);
 }
 
@@ -388,16 +601,34 @@ fn a_backend_without_the_root_port_is_not_included() {
 #[test]
 fn splits_are_not_hierarchical() {
     let nested = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: nested, namespace: ns}\nspec: {service: b, backends: [{service: c, weight: 1}]}\n";
-    let view = outbound(&world(&format!("{}\n---\n{nested}", split("[{service: b, weight: 1}]"))), "10.96.0.1:80");
+    let view = outbound(
+        &world(&format!(
+            "{}\n---\n{nested}",
+            split("[{service: b, weight: 1}]")
+        )),
+        "10.96.0.1:80",
+    );
     assert_eq!(view.backends[0].name, "b");
-    assert_eq!(view.backends[0].endpoints[0].addr, "10.0.0.2:8080".parse().unwrap());
+    assert_eq!(
+        view.backends[0].endpoints[0].addr,
+        "10.0.0.2:8080".parse().unwrap()
+    );
 }
 
 #[test]
 fn a_self_reference_sends_that_share_to_the_root_endpoints() {
-    let view = outbound(&world(&split("[{service: a, weight: 1}, {service: b, weight: 3}]")), "10.96.0.1:80");
-    assert_eq!(shares(&view, 0), [("a".to_string(), 1), ("b".to_string(), 3)]);
-    assert_eq!(view.backends[0].endpoints[0].addr, "10.0.0.1:8080".parse().unwrap());
+    let view = outbound(
+        &world(&split("[{service: a, weight: 1}, {service: b, weight: 3}]")),
+        "10.96.0.1:80",
+    );
+    assert_eq!(
+        shares(&view, 0),
+        [("a".to_string(), 1), ("b".to_string(), 3)]
+    );
+    assert_eq!(
+        view.backends[0].endpoints[0].addr,
+        "10.0.0.1:8080".parse().unwrap()
+    );
 }
 
 #[test]
@@ -424,13 +655,23 @@ fn several_route_groups_in_matches_are_merged_into_one() {
         split("[{service: b, weight: 1}]")
     );
     let view = outbound(&world(&text), "10.96.0.1:80");
-    let names: Vec<_> = view.routes[0].matches.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["ns/routes/api", "ns/routes/metrics", "ns/more/beta"]);
+    let names: Vec<_> = view.routes[0]
+        .matches
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["ns/routes/api", "ns/routes/metrics", "ns/more/beta"]
+    );
 }
 
 #[test]
 fn matches_that_resolve_to_nothing_split_nothing() {
-    let text = format!("{}  matches: [{{kind: HTTPRouteGroup, name: missing}}]\n", split("[{service: b, weight: 1}]"));
+    let text = format!(
+        "{}  matches: [{{kind: HTTPRouteGroup, name: missing}}]\n",
+        split("[{service: b, weight: 1}]")
+    );
     let view = outbound(&world(&text), "10.96.0.1:80");
     assert_eq!(view.routes.len(), 1);
     assert_eq!(shares(&view, 0), [("a".to_string(), 1)]);
@@ -440,13 +681,22 @@ fn matches_that_resolve_to_nothing_split_nothing() {
 fn v1alpha1_quantity_weights_keep_their_ratio() {
     let old = "apiVersion: split.smi-spec.io/v1alpha1\nkind: TrafficSplit\nmetadata: {name: s, namespace: ns}\nspec: {service: a, backends: [{service: b, weight: 1}, {service: c, weight: 500m}]}\n";
     let view = outbound(&world(old), "10.96.0.1:80");
-    assert_eq!(shares(&view, 0), [("b".to_string(), 1000), ("c".to_string(), 500)]);
+    assert_eq!(
+        shares(&view, 0),
+        [("b".to_string(), 1000), ("c".to_string(), 500)]
+    );
 }
 
 #[test]
 fn when_several_splits_claim_one_root_the_first_by_name_is_used() {
     let other = split("[{service: c, weight: 1}]").replace("name: s,", "name: z,");
-    let view = outbound(&world(&format!("{}\n---\n{other}", split("[{service: b, weight: 1}]"))), "10.96.0.1:80");
+    let view = outbound(
+        &world(&format!(
+            "{}\n---\n{other}",
+            split("[{service: b, weight: 1}]")
+        )),
+        "10.96.0.1:80",
+    );
     assert_eq!(shares(&view, 0), [("b".to_string(), 1)]);
 }
 
@@ -454,16 +704,30 @@ fn when_several_splits_claim_one_root_the_first_by_name_is_used() {
 fn endpoints_carry_the_identity_of_meshed_pods_only() {
     let view = outbound(&world(""), "10.96.0.1:80");
     assert_eq!(view.backends[0].endpoints[0].identity, Some(id("a")));
-    let plain = index_of(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns}}\n{}", service("a", 1, 80)));
-    assert_eq!(outbound(&plain, "10.96.0.1:80").backends[0].endpoints[0].identity, None);
+    let plain = index_of(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns}}\n{}",
+        service("a", 1, 80)
+    ));
+    assert_eq!(
+        outbound(&plain, "10.96.0.1:80").backends[0].endpoints[0].identity,
+        None
+    );
     let mut text = WORLD.to_string();
-    text.push_str(&service("a", 1, 80).replace("metadata: {name: a-pod, namespace: ns}", "metadata: {name: a-pod, namespace: ns, annotations: {smidge.io/inject: disabled}}"));
-    assert_eq!(outbound(&index_of(&text), "10.96.0.1:80").backends[0].endpoints[0].identity, None);
+    text.push_str(&service("a", 1, 80).replace(
+        "metadata: {name: a-pod, namespace: ns}",
+        "metadata: {name: a-pod, namespace: ns, annotations: {smidge.io/inject: disabled}}",
+    ));
+    assert_eq!(
+        outbound(&index_of(&text), "10.96.0.1:80").backends[0].endpoints[0].identity,
+        None
+    );
 }
 
 #[test]
 fn endpoints_that_are_not_ready_are_left_out() {
     let mut text = WORLD.to_string();
     text.push_str(&service("a", 1, 80).replace("ready: true", "ready: false"));
-    assert!(outbound(&index_of(&text), "10.96.0.1:80").backends[0].endpoints.is_empty());
+    assert!(outbound(&index_of(&text), "10.96.0.1:80").backends[0]
+        .endpoints
+        .is_empty());
 }

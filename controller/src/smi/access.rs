@@ -48,7 +48,13 @@ pub mod v1alpha1 {
 
     /// TrafficTarget v1alpha1: fields at the top level, rules under `specs`.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "access.smi-spec.io", version = "v1alpha1", kind = "TrafficTarget", namespaced, no_spec)]
+    #[kube(
+        group = "access.smi-spec.io",
+        version = "v1alpha1",
+        kind = "TrafficTarget",
+        namespaced,
+        no_spec
+    )]
     #[kube(shortname = "tt")]
     pub struct TrafficTargetFields {
         pub destination: PortedDestination,
@@ -64,7 +70,12 @@ pub mod v1alpha2 {
 
     /// TrafficTarget v1alpha2.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "access.smi-spec.io", version = "v1alpha2", kind = "TrafficTarget", namespaced)]
+    #[kube(
+        group = "access.smi-spec.io",
+        version = "v1alpha2",
+        kind = "TrafficTarget",
+        namespaced
+    )]
     #[kube(shortname = "tt")]
     pub struct TrafficTargetSpec {
         pub destination: PortedDestination,
@@ -80,8 +91,16 @@ pub mod v1alpha3 {
 
     /// TrafficTarget v1alpha3 (SMI v0.6.0), the version smidge serves.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "access.smi-spec.io", version = "v1alpha3", kind = "TrafficTarget", namespaced)]
-    #[kube(shortname = "tt", doc = "Allows traffic from source ServiceAccounts to a destination ServiceAccount")]
+    #[kube(
+        group = "access.smi-spec.io",
+        version = "v1alpha3",
+        kind = "TrafficTarget",
+        namespaced
+    )]
+    #[kube(
+        shortname = "tt",
+        doc = "Allows traffic from source ServiceAccounts to a destination ServiceAccount"
+    )]
     pub struct TrafficTargetSpec {
         /// The destination of this traffic target.
         pub destination: IdentityBindingSubject,
@@ -96,7 +115,11 @@ fn subject(s: &IdentityBindingSubject, own_ns: &str) -> Subject {
     Subject {
         kind: s.kind.clone(),
         name: s.name.clone(),
-        namespace: s.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| own_ns.to_string()),
+        namespace: s
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| own_ns.to_string()),
     }
 }
 
@@ -105,11 +128,18 @@ fn rules(rules: &[TrafficTargetRule], field: &str, errors: &mut Findings) -> Vec
         .iter()
         .enumerate()
         .filter_map(|(i, r)| match RouteKind::parse(&r.kind) {
-            Some(kind) => Some(TargetRule { kind, name: r.name.clone(), matches: r.matches.clone().unwrap_or_default() }),
+            Some(kind) => Some(TargetRule {
+                kind,
+                name: r.name.clone(),
+                matches: r.matches.clone().unwrap_or_default(),
+            }),
             None => {
                 errors.push(Finding::new(
                     format!("{field}[{i}].kind"),
-                    format!("{:?} is not a route kind; expected HTTPRouteGroup, TCPRoute or UDPRoute", r.kind),
+                    format!(
+                        "{:?} is not a route kind; expected HTTPRouteGroup, TCPRoute or UDPRoute",
+                        r.kind
+                    ),
                 ));
                 None
             }
@@ -147,7 +177,15 @@ impl v1alpha1::TrafficTarget {
     pub fn to_model(&self, own_ns: &str) -> Result<TrafficTarget, Findings> {
         let f = &self.spec;
         let d = &f.destination;
-        build(own_ns, subject(&d.subject, own_ns), d.port.as_ref(), "destination.port", &f.sources, &f.specs, "specs")
+        build(
+            own_ns,
+            subject(&d.subject, own_ns),
+            d.port.as_ref(),
+            "destination.port",
+            &f.sources,
+            &f.specs,
+            "specs",
+        )
     }
 }
 
@@ -155,7 +193,15 @@ impl v1alpha2::TrafficTarget {
     pub fn to_model(&self, own_ns: &str) -> Result<TrafficTarget, Findings> {
         let s = &self.spec;
         let d = &s.destination;
-        build(own_ns, subject(&d.subject, own_ns), d.port.as_ref(), "spec.destination.port", &s.sources, &s.rules, "spec.rules")
+        build(
+            own_ns,
+            subject(&d.subject, own_ns),
+            d.port.as_ref(),
+            "spec.destination.port",
+            &s.sources,
+            &s.rules,
+            "spec.rules",
+        )
     }
 }
 
@@ -164,12 +210,26 @@ impl v1alpha3::TrafficTarget {
         let s = &self.spec;
         let mut errors = Findings::default();
         if s.rules.is_empty() {
-            errors.push(Finding::new("spec.rules", "a v1alpha3 TrafficTarget must have at least one rule"));
+            errors.push(Finding::new(
+                "spec.rules",
+                "a v1alpha3 TrafficTarget must have at least one rule",
+            ));
         }
         if s.sources.is_empty() {
-            errors.push(Finding::new("spec.sources", "a v1alpha3 TrafficTarget must have at least one source"));
+            errors.push(Finding::new(
+                "spec.sources",
+                "a v1alpha3 TrafficTarget must have at least one source",
+            ));
         }
-        let built = build(own_ns, subject(&s.destination, own_ns), None, "", &s.sources, &s.rules, "spec.rules");
+        let built = build(
+            own_ns,
+            subject(&s.destination, own_ns),
+            None,
+            "",
+            &s.sources,
+            &s.rules,
+            "spec.rules",
+        );
         match built {
             Ok(tt) => errors.into_result(tt),
             Err(more) => Err(errors.merge(more)),

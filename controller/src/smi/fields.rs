@@ -47,8 +47,11 @@ impl<'de> Deserialize<'de> for HttpHeaders {
 
 impl Serialize for HttpHeaders {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let items: Vec<BTreeMap<&str, &str>> =
-            self.0.iter().map(|(k, v)| BTreeMap::from([(k.as_str(), v.as_str())])).collect();
+        let items: Vec<BTreeMap<&str, &str>> = self
+            .0
+            .iter()
+            .map(|(k, v)| BTreeMap::from([(k.as_str(), v.as_str())]))
+            .collect();
         items.serialize(s)
     }
 }
@@ -88,7 +91,9 @@ impl<'de> Deserialize<'de> for NumberOrString {
             Number(serde_json::Number),
             String(String),
         }
-        match Shape::deserialize(d).map_err(|_| de::Error::custom("expected a number or a string"))? {
+        match Shape::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a number or a string"))?
+        {
             Shape::Number(n) => Ok(NumberOrString::Number(n)),
             Shape::String(s) => Ok(NumberOrString::String(s)),
         }
@@ -138,7 +143,9 @@ pub fn whole_weight(n: &serde_json::Number) -> Result<u64, String> {
     match n.as_f64() {
         Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u32::MAX as f64 => Ok(f as u64),
         Some(f) if f < 0.0 => Err(format!("{n} is negative; weights are 0 or more")),
-        _ => Err(format!("{n} is not a whole number; weights must be whole numbers")),
+        _ => Err(format!(
+            "{n} is not a whole number; weights must be whole numbers"
+        )),
     }
 }
 
@@ -197,7 +204,8 @@ mod tests {
 
     #[test]
     fn v1alpha1_weights_read_as_quantities_in_thousandths() {
-        let q = |s: &str| quantity_weight_milli(&serde_json::from_str::<NumberOrString>(s).unwrap());
+        let q =
+            |s: &str| quantity_weight_milli(&serde_json::from_str::<NumberOrString>(s).unwrap());
         assert_eq!(q("1"), Ok(1000));
         assert_eq!(q("\"1\""), Ok(1000));
         assert_eq!(q("\"500m\""), Ok(500));

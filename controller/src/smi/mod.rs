@@ -43,7 +43,10 @@ pub struct Finding {
 
 impl Finding {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Finding { field: field.into(), message: message.into() }
+        Finding {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -109,7 +112,13 @@ pub struct ReadSmi {
 
 /// Reads `value` as an SMI object of `group`/`version`/`kind`. `None` when it is no SMI kind smidge
 /// reads (for example `TrafficMetrics`); `Some(Err)` when the object is invalid.
-pub fn read(group: &str, version: &str, kind: &str, mut value: Value, own_ns: &str) -> Option<Result<ReadSmi, Findings>> {
+pub fn read(
+    group: &str,
+    version: &str,
+    kind: &str,
+    mut value: Value,
+    own_ns: &str,
+) -> Option<Result<ReadSmi, Findings>> {
     let mut notices = Vec::new();
     let top_level_layout = matches!(version, "v1alpha1" | "v1alpha2");
     let api_version = format!("{group}/{version}");
@@ -121,48 +130,80 @@ pub fn read(group: &str, version: &str, kind: &str, mut value: Value, own_ns: &s
             } else {
                 &["destination", "rules", "sources"]
             };
-            fix_layout(obj, fields, version == "v1alpha1", &api_version, &mut notices);
+            fix_layout(
+                obj,
+                fields,
+                version == "v1alpha1",
+                &api_version,
+                &mut notices,
+            );
             check_destination_port(obj, version, &mut notices);
             let body = |r: Result<_, Findings>| r.map(Body::TrafficTarget);
             match version {
-                "v1alpha1" => typed::<access::v1alpha1::TrafficTarget>(value, &mut notices).and_then(|t| body(t.to_model(own_ns))),
-                "v1alpha2" => typed::<access::v1alpha2::TrafficTarget>(value, &mut notices).and_then(|t| body(t.to_model(own_ns))),
-                "v1alpha3" => typed::<access::v1alpha3::TrafficTarget>(value, &mut notices).and_then(|t| body(t.to_model(own_ns))),
-                _ => Err(unsupported(&api_version, kind, "v1alpha1, v1alpha2, v1alpha3")),
+                "v1alpha1" => typed::<access::v1alpha1::TrafficTarget>(value, &mut notices)
+                    .and_then(|t| body(t.to_model(own_ns))),
+                "v1alpha2" => typed::<access::v1alpha2::TrafficTarget>(value, &mut notices)
+                    .and_then(|t| body(t.to_model(own_ns))),
+                "v1alpha3" => typed::<access::v1alpha3::TrafficTarget>(value, &mut notices)
+                    .and_then(|t| body(t.to_model(own_ns))),
+                _ => Err(unsupported(
+                    &api_version,
+                    kind,
+                    "v1alpha1, v1alpha2, v1alpha3",
+                )),
             }
         }
         (SPECS_GROUP, "HTTPRouteGroup") => {
-            fix_layout(obj, &["matches"], top_level_layout, &api_version, &mut notices);
-            let group = |m: &[specs::HttpRouteMatch], f: &str| specs::route_group(m, f).map(Body::HttpRouteGroup);
+            fix_layout(
+                obj,
+                &["matches"],
+                top_level_layout,
+                &api_version,
+                &mut notices,
+            );
+            let group = |m: &[specs::HttpRouteMatch], f: &str| {
+                specs::route_group(m, f).map(Body::HttpRouteGroup)
+            };
             match version {
-                "v1alpha1" => typed::<specs::v1alpha1::HTTPRouteGroup>(value, &mut notices).and_then(|g| group(&g.spec.matches, "matches")),
-                "v1alpha2" => typed::<specs::v1alpha2::HTTPRouteGroup>(value, &mut notices).and_then(|g| group(&g.spec.matches, "matches")),
-                "v1alpha3" => typed::<specs::v1alpha3::HTTPRouteGroup>(value, &mut notices).and_then(|g| group(&g.spec.matches, "spec.matches")),
-                "v1alpha4" => typed::<specs::v1alpha4::HTTPRouteGroup>(value, &mut notices).and_then(|g| group(&g.spec.matches, "spec.matches")),
+                "v1alpha1" => typed::<specs::v1alpha1::HTTPRouteGroup>(value, &mut notices)
+                    .and_then(|g| group(&g.spec.matches, "matches")),
+                "v1alpha2" => typed::<specs::v1alpha2::HTTPRouteGroup>(value, &mut notices)
+                    .and_then(|g| group(&g.spec.matches, "matches")),
+                "v1alpha3" => typed::<specs::v1alpha3::HTTPRouteGroup>(value, &mut notices)
+                    .and_then(|g| group(&g.spec.matches, "spec.matches")),
+                "v1alpha4" => typed::<specs::v1alpha4::HTTPRouteGroup>(value, &mut notices)
+                    .and_then(|g| group(&g.spec.matches, "spec.matches")),
                 _ => Err(unsupported(&api_version, kind, "v1alpha1 to v1alpha4")),
             }
         }
         (SPECS_GROUP, "TCPRoute" | "UDPRoute") => {
             let all_ports = || Ok(Body::PortRoute(crate::model::PortRoute { ports: vec![] }));
             match (kind, version) {
-                ("TCPRoute", "v1alpha1") => typed::<specs::v1alpha1::TCPRoute>(value, &mut notices).and_then(|_| all_ports()),
-                ("TCPRoute", "v1alpha2") => typed::<specs::v1alpha2::TCPRoute>(value, &mut notices).and_then(|_| all_ports()),
+                ("TCPRoute", "v1alpha1") => typed::<specs::v1alpha1::TCPRoute>(value, &mut notices)
+                    .and_then(|_| all_ports()),
+                ("TCPRoute", "v1alpha2") => typed::<specs::v1alpha2::TCPRoute>(value, &mut notices)
+                    .and_then(|_| all_ports()),
                 ("TCPRoute", "v1alpha3") => {
                     if !obj.contains_key("spec") {
                         obj.insert("spec".into(), Value::Object(Map::new()));
                     }
-                    typed::<specs::v1alpha3::TCPRoute>(value, &mut notices).and_then(|_| all_ports())
+                    typed::<specs::v1alpha3::TCPRoute>(value, &mut notices)
+                        .and_then(|_| all_ports())
                 }
                 (_, "v1alpha4") => {
                     // An object without `spec` covers every port, like the older TCPRoute versions.
                     if !obj.contains_key("spec") {
                         obj.insert("spec".into(), serde_json::json!({"matches": {"ports": []}}));
                     }
-                    let port_route = |m: &specs::PortMatch| specs::port_route(m, "spec.matches").map(Body::PortRoute);
+                    let port_route = |m: &specs::PortMatch| {
+                        specs::port_route(m, "spec.matches").map(Body::PortRoute)
+                    };
                     if kind == "TCPRoute" {
-                        typed::<specs::v1alpha4::TCPRoute>(value, &mut notices).and_then(|r| port_route(&r.spec.matches))
+                        typed::<specs::v1alpha4::TCPRoute>(value, &mut notices)
+                            .and_then(|r| port_route(&r.spec.matches))
                     } else {
-                        typed::<specs::v1alpha4::UDPRoute>(value, &mut notices).and_then(|r| port_route(&r.spec.matches))
+                        typed::<specs::v1alpha4::UDPRoute>(value, &mut notices)
+                            .and_then(|r| port_route(&r.spec.matches))
                     }
                 }
                 ("UDPRoute", _) => Err(unsupported(&api_version, kind, "v1alpha4")),
@@ -172,10 +213,14 @@ pub fn read(group: &str, version: &str, kind: &str, mut value: Value, own_ns: &s
         (SPLIT_GROUP, "TrafficSplit") => {
             let body = |r: Result<_, Findings>| r.map(Body::TrafficSplit);
             match version {
-                "v1alpha1" => typed::<split::v1alpha1::TrafficSplit>(value, &mut notices).and_then(|s| body(s.to_model())),
-                "v1alpha2" => typed::<split::v1alpha2::TrafficSplit>(value, &mut notices).and_then(|s| body(s.to_model())),
-                "v1alpha3" => typed::<split::v1alpha3::TrafficSplit>(value, &mut notices).and_then(|s| body(s.to_model())),
-                "v1alpha4" => typed::<split::v1alpha4::TrafficSplit>(value, &mut notices).and_then(|s| body(s.to_model())),
+                "v1alpha1" => typed::<split::v1alpha1::TrafficSplit>(value, &mut notices)
+                    .and_then(|s| body(s.to_model())),
+                "v1alpha2" => typed::<split::v1alpha2::TrafficSplit>(value, &mut notices)
+                    .and_then(|s| body(s.to_model())),
+                "v1alpha3" => typed::<split::v1alpha3::TrafficSplit>(value, &mut notices)
+                    .and_then(|s| body(s.to_model())),
+                "v1alpha4" => typed::<split::v1alpha4::TrafficSplit>(value, &mut notices)
+                    .and_then(|s| body(s.to_model())),
                 _ => Err(unsupported(&api_version, kind, "v1alpha1 to v1alpha4")),
             }
         }
@@ -188,11 +233,19 @@ pub fn read(group: &str, version: &str, kind: &str, mut value: Value, own_ns: &s
         "UDPRoute" => Kind::UdpRoute,
         _ => Kind::TrafficSplit,
     };
-    Some(result.map(|body| ReadSmi { kind, body, notices }))
+    Some(result.map(|body| ReadSmi {
+        kind,
+        body,
+        notices,
+    }))
 }
 
 fn unsupported(api_version: &str, kind: &str, known: &str) -> Findings {
-    Finding::new("apiVersion", format!("{kind} is not defined in {api_version}; known versions: {known}")).into()
+    Finding::new(
+        "apiVersion",
+        format!("{kind} is not defined in {api_version}; known versions: {known}"),
+    )
+    .into()
 }
 
 /// Deserializes into `T`, turning unknown fields into notices and type errors into findings that
@@ -205,7 +258,10 @@ fn typed<T: DeserializeOwned>(value: Value, notices: &mut Vec<Finding>) -> Resul
     for path in unknown {
         // kube-derive keeps apiVersion/kind itself; anything else unknown is pruned by the API server.
         if path != "apiVersion" && path != "kind" && !path.starts_with("status") {
-            notices.push(Finding::new(path, "unknown field: the API server drops it and smidge ignores it"));
+            notices.push(Finding::new(
+                path,
+                "unknown field: the API server drops it and smidge ignores it",
+            ));
         }
     }
     result.map_err(|e| {
@@ -217,20 +273,39 @@ fn typed<T: DeserializeOwned>(value: Value, notices: &mut Vec<Finding>) -> Resul
 
 /// Moves `fields` to where this version keeps them (top level for v1alpha1 layouts, under `spec`
 /// otherwise) when the object has them in the other place, and says so.
-fn fix_layout(obj: &mut Map<String, Value>, fields: &[&str], top_level: bool, api_version: &str, notices: &mut Vec<Finding>) {
+fn fix_layout(
+    obj: &mut Map<String, Value>,
+    fields: &[&str],
+    top_level: bool,
+    api_version: &str,
+    notices: &mut Vec<Finding>,
+) {
     let misplaced: Vec<&str> = if top_level {
         let spec = obj.get("spec").and_then(Value::as_object);
-        fields.iter().copied().filter(|f| !obj.contains_key(*f) && spec.is_some_and(|s| s.contains_key(*f))).collect()
+        fields
+            .iter()
+            .copied()
+            .filter(|f| !obj.contains_key(*f) && spec.is_some_and(|s| s.contains_key(*f)))
+            .collect()
     } else {
         fields
             .iter()
             .copied()
-            .filter(|f| obj.contains_key(*f) && !obj.get("spec").and_then(Value::as_object).is_some_and(|s| s.contains_key(*f)))
+            .filter(|f| {
+                obj.contains_key(*f)
+                    && !obj
+                        .get("spec")
+                        .and_then(Value::as_object)
+                        .is_some_and(|s| s.contains_key(*f))
+            })
             .collect()
     };
     for field in misplaced {
         if top_level {
-            let moved = obj.get_mut("spec").and_then(Value::as_object_mut).and_then(|s| s.remove(field));
+            let moved = obj
+                .get_mut("spec")
+                .and_then(Value::as_object_mut)
+                .and_then(|s| s.remove(field));
             if let Some(v) = moved {
                 obj.insert(field.to_string(), v);
             }
@@ -240,7 +315,9 @@ fn fix_layout(obj: &mut Map<String, Value>, fields: &[&str], top_level: bool, ap
             ));
         } else {
             if let Some(v) = obj.remove(field) {
-                let spec = obj.entry("spec").or_insert_with(|| Value::Object(Map::new()));
+                let spec = obj
+                    .entry("spec")
+                    .or_insert_with(|| Value::Object(Map::new()));
                 if let Some(spec) = spec.as_object_mut() {
                     spec.insert(field.to_string(), v);
                 }
@@ -256,10 +333,15 @@ fn fix_layout(obj: &mut Map<String, Value>, fields: &[&str], top_level: bool, ap
 /// access v1alpha3 removed `destination.port` and older versions type it as a number: say so (and
 /// how it was written) instead of reporting a plain unknown field or a type error.
 fn check_destination_port(obj: &mut Map<String, Value>, version: &str, notices: &mut Vec<Finding>) {
-    let (holder, prefix) = if version == "v1alpha1" { (Some(&mut *obj), "") } else {
+    let (holder, prefix) = if version == "v1alpha1" {
+        (Some(&mut *obj), "")
+    } else {
         (obj.get_mut("spec").and_then(Value::as_object_mut), "spec.")
     };
-    let Some(dest) = holder.and_then(|h| h.get_mut("destination")).and_then(Value::as_object_mut) else {
+    let Some(dest) = holder
+        .and_then(|h| h.get_mut("destination"))
+        .and_then(Value::as_object_mut)
+    else {
         return;
     };
     let field = format!("{prefix}destination.port");

@@ -12,7 +12,9 @@ use super::{Finding, Findings};
 use crate::model::{HttpRouteGroup, PortRoute};
 
 /// The methods the SMI CRD allows.
-pub const METHODS: [&str; 10] = ["*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+pub const METHODS: [&str; 10] = [
+    "*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// One match of an HTTPRouteGroup.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -48,7 +50,13 @@ pub mod v1alpha1 {
 
     /// HTTPRouteGroup v1alpha1: `matches` at the top level.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha1", kind = "HTTPRouteGroup", namespaced, no_spec)]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha1",
+        kind = "HTTPRouteGroup",
+        namespaced,
+        no_spec
+    )]
     #[kube(shortname = "htr")]
     pub struct HttpRouteGroupFields {
         pub matches: Vec<HttpRouteMatch>,
@@ -56,7 +64,13 @@ pub mod v1alpha1 {
 
     /// TCPRoute v1alpha1: no fields.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha1", kind = "TCPRoute", namespaced, no_spec)]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha1",
+        kind = "TCPRoute",
+        namespaced,
+        no_spec
+    )]
     #[kube(shortname = "tr")]
     pub struct TcpRouteFields {}
 }
@@ -66,7 +80,13 @@ pub mod v1alpha2 {
 
     /// HTTPRouteGroup v1alpha2: `matches` at the top level, headers added.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha2", kind = "HTTPRouteGroup", namespaced, no_spec)]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha2",
+        kind = "HTTPRouteGroup",
+        namespaced,
+        no_spec
+    )]
     #[kube(shortname = "htr")]
     pub struct HttpRouteGroupFields {
         pub matches: Vec<HttpRouteMatch>,
@@ -74,7 +94,13 @@ pub mod v1alpha2 {
 
     /// TCPRoute v1alpha2: no fields.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha2", kind = "TCPRoute", namespaced, no_spec)]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha2",
+        kind = "TCPRoute",
+        namespaced,
+        no_spec
+    )]
     #[kube(shortname = "tr")]
     pub struct TcpRouteFields {}
 }
@@ -84,15 +110,27 @@ pub mod v1alpha3 {
 
     /// HTTPRouteGroup v1alpha3: `spec.matches`.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha3", kind = "HTTPRouteGroup", namespaced)]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha3",
+        kind = "HTTPRouteGroup",
+        namespaced
+    )]
     #[kube(shortname = "htr")]
     pub struct HttpRouteGroupSpec {
         pub matches: Vec<HttpRouteMatch>,
     }
 
     /// TCPRoute v1alpha3: an empty spec.
-    #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha3", kind = "TCPRoute", namespaced)]
+    #[derive(
+        CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema,
+    )]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha3",
+        kind = "TCPRoute",
+        namespaced
+    )]
     #[kube(shortname = "tr")]
     pub struct TcpRouteSpec {}
 }
@@ -102,8 +140,16 @@ pub mod v1alpha4 {
 
     /// HTTPRouteGroup v1alpha4 (SMI v0.6.0), the version smidge serves.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha4", kind = "HTTPRouteGroup", namespaced)]
-    #[kube(shortname = "htr", doc = "Named HTTP routes: path regex, methods and headers")]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha4",
+        kind = "HTTPRouteGroup",
+        namespaced
+    )]
+    #[kube(
+        shortname = "htr",
+        doc = "Named HTTP routes: path regex, methods and headers"
+    )]
     pub struct HttpRouteGroupSpec {
         /// Match conditions of this route group.
         pub matches: Vec<HttpRouteMatch>,
@@ -111,8 +157,16 @@ pub mod v1alpha4 {
 
     /// TCPRoute v1alpha4, the version smidge serves.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha4", kind = "TCPRoute", namespaced)]
-    #[kube(shortname = "tr", doc = "TCP traffic to a list of ports (all ports when empty)")]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha4",
+        kind = "TCPRoute",
+        namespaced
+    )]
+    #[kube(
+        shortname = "tr",
+        doc = "TCP traffic to a list of ports (all ports when empty)"
+    )]
     pub struct TcpRouteSpec {
         /// Match conditions of this route.
         pub matches: PortMatch,
@@ -120,8 +174,16 @@ pub mod v1alpha4 {
 
     /// UDPRoute v1alpha4, the version smidge serves.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "specs.smi-spec.io", version = "v1alpha4", kind = "UDPRoute", namespaced)]
-    #[kube(shortname = "ur", doc = "UDP traffic to a list of ports (all ports when empty)")]
+    #[kube(
+        group = "specs.smi-spec.io",
+        version = "v1alpha4",
+        kind = "UDPRoute",
+        namespaced
+    )]
+    #[kube(
+        shortname = "ur",
+        doc = "UDP traffic to a list of ports (all ports when empty)"
+    )]
     pub struct UdpRouteSpec {
         /// Match conditions of this route.
         pub matches: PortMatch,
@@ -135,14 +197,23 @@ pub fn route_group(matches: &[HttpRouteMatch], field: &str) -> Result<HttpRouteG
     for (i, m) in matches.iter().enumerate() {
         let at = |sub: &str| format!("{field}[{i}]{sub}");
         if m.name.is_empty() {
-            errors.push(Finding::new(at(".name"), "a match needs a name (TrafficTargets refer to it)"));
+            errors.push(Finding::new(
+                at(".name"),
+                "a match needs a name (TrafficTargets refer to it)",
+            ));
         }
         if matches[..i].iter().any(|o| o.name == m.name) {
-            errors.push(Finding::new(at(".name"), format!("duplicate match name {:?}", m.name)));
+            errors.push(Finding::new(
+                at(".name"),
+                format!("duplicate match name {:?}", m.name),
+            ));
         }
         if let Some(p) = &m.path_regex {
             if let Err(e) = compile_path_regex(p) {
-                errors.push(Finding::new(at(".pathRegex"), format!("{p:?} does not compile: {e}")));
+                errors.push(Finding::new(
+                    at(".pathRegex"),
+                    format!("{p:?} does not compile: {e}"),
+                ));
             }
         }
         let methods = m.methods.clone().unwrap_or_default();
@@ -157,14 +228,20 @@ pub fn route_group(matches: &[HttpRouteMatch], field: &str) -> Result<HttpRouteG
         let headers = m.headers.clone().unwrap_or_default().0;
         for (name, re) in &headers {
             if let Err(e) = compile_header_regex(re) {
-                errors.push(Finding::new(at(&format!(".headers.{name}")), format!("{re:?} does not compile: {e}")));
+                errors.push(Finding::new(
+                    at(&format!(".headers.{name}")),
+                    format!("{re:?} does not compile: {e}"),
+                ));
             }
         }
         out.push(HttpMatch {
             name: m.name.clone(),
             path_regex: m.path_regex.clone(),
             methods,
-            headers: headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
         });
     }
     errors.into_result(HttpRouteGroup { matches: out })
@@ -177,7 +254,10 @@ pub fn port_route(m: &PortMatch, field: &str) -> Result<PortRoute, Findings> {
     for (i, p) in m.ports.iter().enumerate() {
         match u16::try_from(*p) {
             Ok(port) if port > 0 => ports.push(port),
-            _ => errors.push(Finding::new(format!("{field}.ports[{i}]"), format!("{p} is not a port number (1-65535)"))),
+            _ => errors.push(Finding::new(
+                format!("{field}.ports[{i}]"),
+                format!("{p} is not a port number (1-65535)"),
+            )),
         }
     }
     ports.sort_unstable();

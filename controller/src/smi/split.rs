@@ -44,7 +44,12 @@ pub mod v1alpha1 {
 
     /// TrafficSplit v1alpha1.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha1", kind = "TrafficSplit", namespaced)]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha1",
+        kind = "TrafficSplit",
+        namespaced
+    )]
     #[kube(shortname = "ts")]
     pub struct TrafficSplitSpec {
         #[serde(default)]
@@ -59,7 +64,12 @@ pub mod v1alpha2 {
 
     /// TrafficSplit v1alpha2.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha2", kind = "TrafficSplit", namespaced)]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha2",
+        kind = "TrafficSplit",
+        namespaced
+    )]
     #[kube(shortname = "ts")]
     pub struct TrafficSplitSpec {
         pub service: String,
@@ -72,7 +82,12 @@ pub mod v1alpha3 {
 
     /// TrafficSplit v1alpha3.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha3", kind = "TrafficSplit", namespaced)]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha3",
+        kind = "TrafficSplit",
+        namespaced
+    )]
     #[kube(shortname = "ts")]
     pub struct TrafficSplitSpec {
         pub service: String,
@@ -87,9 +102,22 @@ pub mod v1alpha4 {
 
     /// TrafficSplit v1alpha4 (SMI v0.6.0), the version smidge serves.
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha4", kind = "TrafficSplit", namespaced)]
-    #[kube(shortname = "ts", doc = "Splits the traffic clients send to a root Service over backend Services by weight")]
-    #[kube(printcolumn(name = "Service", type_ = "string", description = "The apex service of this split.", json_path = ".spec.service"))]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha4",
+        kind = "TrafficSplit",
+        namespaced
+    )]
+    #[kube(
+        shortname = "ts",
+        doc = "Splits the traffic clients send to a root Service over backend Services by weight"
+    )]
+    #[kube(printcolumn(
+        name = "Service",
+        type_ = "string",
+        description = "The apex service of this split.",
+        json_path = ".spec.service"
+    ))]
     pub struct TrafficSplitSpec {
         /// The apex service of this split.
         pub service: String,
@@ -114,19 +142,31 @@ fn build<B>(
         errors.push(Finding::new("spec.service", "the root service is required"));
     }
     if backends.is_empty() {
-        errors.push(Finding::new("spec.backends", "a TrafficSplit needs at least one backend"));
+        errors.push(Finding::new(
+            "spec.backends",
+            "a TrafficSplit needs at least one backend",
+        ));
     }
     let mut out = Vec::with_capacity(backends.len());
     for (i, b) in backends.iter().enumerate() {
         let name = name_of(b);
         if name.is_empty() {
-            errors.push(Finding::new(format!("spec.backends[{i}].service"), "the backend service is required"));
+            errors.push(Finding::new(
+                format!("spec.backends[{i}].service"),
+                "the backend service is required",
+            ));
         }
         if backends[..i].iter().any(|o| name_of(o) == name) {
-            errors.push(Finding::new(format!("spec.backends[{i}].service"), format!("{name:?} is listed twice")));
+            errors.push(Finding::new(
+                format!("spec.backends[{i}].service"),
+                format!("{name:?} is listed twice"),
+            ));
         }
         match weight(b) {
-            Ok(w) => out.push(SplitBackend { service: name.to_string(), weight: w }),
+            Ok(w) => out.push(SplitBackend {
+                service: name.to_string(),
+                weight: w,
+            }),
             Err(e) => errors.push(Finding::new(format!("spec.backends[{i}].weight"), e)),
         }
     }
@@ -141,20 +181,36 @@ fn build<B>(
             groups.push(m.name.clone());
         }
     }
-    errors.into_result(TrafficSplit { service: service.to_string(), backends: out, matches: groups })
+    errors.into_result(TrafficSplit {
+        service: service.to_string(),
+        backends: out,
+        matches: groups,
+    })
 }
 
 impl v1alpha1::TrafficSplit {
     pub fn to_model(&self) -> Result<TrafficSplit, Findings> {
         let s = &self.spec;
-        build(&s.service, &s.backends, &[], |b| &b.service, |b| quantity_weight_milli(&b.weight))
+        build(
+            &s.service,
+            &s.backends,
+            &[],
+            |b| &b.service,
+            |b| quantity_weight_milli(&b.weight),
+        )
     }
 }
 
 impl v1alpha2::TrafficSplit {
     pub fn to_model(&self) -> Result<TrafficSplit, Findings> {
         let s = &self.spec;
-        build(&s.service, &s.backends, &[], |b| &b.service, |b| whole_weight(&b.weight))
+        build(
+            &s.service,
+            &s.backends,
+            &[],
+            |b| &b.service,
+            |b| whole_weight(&b.weight),
+        )
     }
 }
 
@@ -162,7 +218,13 @@ impl v1alpha3::TrafficSplit {
     pub fn to_model(&self) -> Result<TrafficSplit, Findings> {
         let s = &self.spec;
         let matches = s.matches.as_deref().unwrap_or_default();
-        build(&s.service, &s.backends, matches, |b| &b.service, |b| whole_weight(&b.weight))
+        build(
+            &s.service,
+            &s.backends,
+            matches,
+            |b| &b.service,
+            |b| whole_weight(&b.weight),
+        )
     }
 }
 
@@ -170,6 +232,12 @@ impl v1alpha4::TrafficSplit {
     pub fn to_model(&self) -> Result<TrafficSplit, Findings> {
         let s = &self.spec;
         let matches = s.matches.as_deref().unwrap_or_default();
-        build(&s.service, &s.backends, matches, |b| &b.service, |b| whole_weight(&b.weight))
+        build(
+            &s.service,
+            &s.backends,
+            matches,
+            |b| &b.service,
+            |b| whole_weight(&b.weight),
+        )
     }
 }

@@ -1,0 +1,75 @@
+//! The controller's admin endpoint: `/live`, `/ready` and `/problems` (every current report, JSON).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::provider::Report;
+
+/// What the admin endpoint shows.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Set once the provider's first full read is in the index.
+    pub ready: bool,
+    pub problems: Vec<Report>,
+    pub objects: usize,
+    pub views: usize,
+}
+
+pub async fn serve(listener: TcpListener, status: Arc<Mutex<Status>>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let status = status.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| respond(req, status.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    status: Arc<Mutex<Status>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |code: StatusCode, ctype: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        if let Ok(v) = ctype.parse() {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        Ok(r)
+    };
+    let Ok(status) = status.lock() else {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "status lock poisoned\n".into(),
+        );
+    };
+    match req.uri().path() {
+        "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" if status.ready => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+        "/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: the provider has not finished its first read\n".into(),
+        ),
+        "/problems" => {
+            let body = serde_json::json!({ "objects": status.objects, "views": status.views, "problems": status.problems });
+            reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /live, /ready or /problems\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,320 @@
+//! The `file` provider: a directory of multi-document Kubernetes YAML, re-read on change.
+//!
+//! [`FileSet`] is the pure part: given a file's new text it works out the index events and the
+//! reports. A refused object keeps its last good version; a document that cannot even be
+//! identified keeps every object the file had before, since any of them may be the broken one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::{Event, Report, Severity};
+use crate::lint::is_manifest;
+use crate::manifest::{read_file, Outcome};
+use crate::model::{Object, ObjectId};
+
+#[derive(Debug, Default)]
+struct FileState {
+    text: String,
+    objects: BTreeMap<ObjectId, Object>,
+    reports: Vec<Report>,
+}
+
+/// The objects of every file, merged; later files (in path order) win over earlier ones.
+#[derive(Debug, Default)]
+pub struct FileSet {
+    files: BTreeMap<PathBuf, FileState>,
+    effective: HashMap<ObjectId, Object>,
+}
+
+impl FileSet {
+    /// Takes a file's new text (`None`: the file is gone) and returns the resulting index events.
+    pub fn update(&mut self, path: &Path, text: Option<String>) -> Vec<Event> {
+        match text {
+            None => {
+                self.files.remove(path);
+            }
+            Some(text) => {
+                if self.files.get(path).is_some_and(|f| f.text == text) {
+                    return Vec::new();
+                }
+                let old = self.files.remove(path).unwrap_or_default();
+                let state = read_state(path, text, old);
+                self.files.insert(path.to_path_buf(), state);
+            }
+        }
+        self.recompute()
+    }
+
+    /// Every current report, file by file.
+    pub fn reports(&self) -> Vec<Report> {
+        self.files
+            .values()
+            .flat_map(|f| f.reports.iter().cloned())
+            .collect()
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.files.keys()
+    }
+
+    fn recompute(&mut self) -> Vec<Event> {
+        let mut next: HashMap<ObjectId, Object> = HashMap::new();
+        for state in self.files.values() {
+            for (id, obj) in &state.objects {
+                next.insert(id.clone(), obj.clone());
+            }
+        }
+        let mut events: Vec<Event> = Vec::new();
+        for (id, obj) in &next {
+            if self.effective.get(id) != Some(obj) {
+                events.push(Event::Apply(obj.clone()));
+            }
+        }
+        for id in self.effective.keys() {
+            if !next.contains_key(id) {
+                events.push(Event::Delete(id.clone()));
+            }
+        }
+        self.effective = next;
+        events
+    }
+}
+
+fn read_state(path: &Path, text: String, old: FileState) -> FileState {
+    let mut objects = BTreeMap::new();
+    let mut reports = Vec::new();
+    let mut unidentified_error = false;
+    let mut refused = Vec::new();
+    let report = |severity, object: String, field: String, message: String| Report {
+        severity,
+        file: Some(path.to_path_buf()),
+        object,
+        field,
+        message,
+    };
+    for (pos, outcome) in read_file(&text) {
+        match outcome {
+            Outcome::Object { object, notices } => {
+                for n in notices {
+                    reports.push(report(
+                        Severity::Warning,
+                        object.id.to_string(),
+                        n.field,
+                        n.message,
+                    ));
+                }
+                objects.insert(object.id.clone(), object);
+            }
+            Outcome::Skipped { .. } => {}
+            Outcome::Invalid { id, what, errors } => {
+                let name = match &id {
+                    Some(id) => id.to_string(),
+                    None => format!("document {} (line {}) {what}", pos.document, pos.line),
+                };
+                let kept = match &id {
+                    Some(id) if old.objects.contains_key(id) => {
+                        "; the last good version stays in effect"
+                    }
+                    Some(_) => "; the object is not in effect",
+                    None => "; every object this file had before stays as it was",
+                };
+                for e in errors.0 {
+                    reports.push(report(
+                        Severity::Error,
+                        name.clone(),
+                        e.field,
+                        format!("{}{kept}", e.message),
+                    ));
+                }
+                match id {
+                    Some(id) => refused.push(id),
+                    None => unidentified_error = true,
+                }
+            }
+        }
+    }
+    for id in refused {
+        if let Some(good) = old.objects.get(&id) {
+            objects.entry(id).or_insert_with(|| good.clone());
+        }
+    }
+    if unidentified_error {
+        for (id, obj) in &old.objects {
+            objects.entry(id.clone()).or_insert_with(|| obj.clone());
+        }
+    }
+    FileState {
+        text,
+        objects,
+        reports,
+    }
+}
+
+/// The manifest files under `dir` with their modification time and size.
+fn scan(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, (SystemTime, u64)>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if is_manifest(&path)
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                out.insert(path, (meta.modified()?, meta.len()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Watches `dir` and sends batches of events, plus the current reports after each batch.
+/// The first batch holds everything present at start.
+pub async fn run(dir: PathBuf, tx: mpsc::Sender<(Vec<Event>, Vec<Report>)>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = wake_tx.try_send(());
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+
+    let mut set = FileSet::default();
+    let mut seen: BTreeMap<PathBuf, (SystemTime, u64)> = BTreeMap::new();
+    loop {
+        let now = match scan(&dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot list the manifest directory; keeping what was read");
+                seen.clone()
+            }
+        };
+        let mut events = Vec::new();
+        for path in seen.keys().filter(|p| !now.contains_key(*p)) {
+            events.extend(set.update(path, None));
+        }
+        for (path, stamp) in &now {
+            if seen.get(path) == Some(stamp) {
+                continue;
+            }
+            match tokio::fs::read_to_string(path).await {
+                Ok(text) => events.extend(set.update(path, Some(text))),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read manifest file; keeping what was read from it")
+                }
+            }
+        }
+        seen = now;
+        if tx.send((events, set.reports())).await.is_err() {
+            return Ok(());
+        }
+        // Wait for a change (or re-check every few seconds in case an event was missed), then let
+        // a burst of writes settle.
+        let _ = tokio::time::timeout(Duration::from_secs(5), wake_rx.recv()).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        while wake_rx.try_recv().is_ok() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a, namespace: n}\n";
+    const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: n}\nspec: {service: a, backends: [{service: b, weight: WEIGHT}]}\n";
+
+    fn applied(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Apply(o) => format!("apply {}", o.id),
+                Event::Delete(id) => format!("delete {id}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_object_keeps_its_last_good_version_and_nothing_else_changes() {
+        let mut set = FileSet::default();
+        let path = Path::new("/m/a.yaml");
+        let good = format!("{SVC}---\n{}", SPLIT.replace("WEIGHT", "1"));
+        assert_eq!(set.update(path, Some(good)).len(), 2);
+        let bad = format!("{SVC}---\n{}", SPLIT.replace("WEIGHT", "-1"));
+        assert!(set.update(path, Some(bad)).is_empty(), "nothing changes");
+        let reports = set.reports();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].severity, Severity::Error);
+        assert_eq!(reports[0].object, "TrafficSplit n/s");
+        assert_eq!(reports[0].field, "spec.backends[0].weight");
+        assert!(
+            reports[0].message.contains("last good version stays"),
+            "{}",
+            reports[0].message
+        );
+        let fixed = format!("{SVC}---\n{}", SPLIT.replace("WEIGHT", "2"));
+        assert_eq!(
+            applied(&set.update(path, Some(fixed))),
+            ["apply TrafficSplit n/s"]
+        );
+        assert!(set.reports().is_empty());
+    }
+
+    #[test]
+    fn broken_yaml_keeps_every_object_the_file_had() {
+        let mut set = FileSet::default();
+        let path = Path::new("/m/a.yaml");
+        set.update(
+            path,
+            Some(format!("{SVC}---\n{}", SPLIT.replace("WEIGHT", "1"))),
+        );
+        let events = set.update(path, Some(format!("{SVC}---\nspec: [unclosed\n")));
+        assert!(events.is_empty(), "{events:?}");
+        assert!(
+            set.reports()[0].object.starts_with("document 2 (line 5)"),
+            "{:?}",
+            set.reports()
+        );
+    }
+
+    #[test]
+    fn removing_an_object_or_a_file_deletes_it() {
+        let mut set = FileSet::default();
+        let path = Path::new("/m/a.yaml");
+        set.update(
+            path,
+            Some(format!("{SVC}---\n{}", SPLIT.replace("WEIGHT", "1"))),
+        );
+        assert_eq!(
+            applied(&set.update(path, Some(SVC.to_string()))),
+            ["delete TrafficSplit n/s"]
+        );
+        assert_eq!(
+            applied(&set.update(path, None)),
+            ["delete ServiceAccount n/a"]
+        );
+    }
+
+    #[test]
+    fn the_same_text_twice_is_a_no_op() {
+        let mut set = FileSet::default();
+        let path = Path::new("/m/a.yaml");
+        assert_eq!(set.update(path, Some(SVC.into())).len(), 1);
+        assert!(set.update(path, Some(SVC.into())).is_empty());
+        assert!(
+            set.update(Path::new("/m/copy.yaml"), Some(SVC.into()))
+                .is_empty(),
+            "an identical definition elsewhere changes nothing"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Helpers for end-to-end tests: build and start the real binaries, talk to them as a proxy would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use smidge_protocol::{ClientMessage, FrameCodec, ProxyId, ServerMessage, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// The path of a workspace binary, built (once per test process) if needed.
+pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", package, "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build -p {package} failed: {status}"))
+        }
+    });
+    built.clone().map_err(anyhow::Error::msg)?;
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+/// A running `smidge-controller` on the file provider; killed when dropped.
+pub struct Controller {
+    child: Child,
+    pub push: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Controller {
+    /// Starts the controller on `manifests` with ephemeral ports and waits until it is ready.
+    pub fn start(manifests: &Path, extra: &[&str]) -> anyhow::Result<Controller> {
+        let bin = binary("smidge-controller", "smidge-controller")?;
+        let mut child = Command::new(bin)
+            .args(["--provider", "file", "--manifests"])
+            .arg(manifests)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting smidge-controller")?;
+        let stderr = child.stderr.take().context("controller stderr")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("controller listening") {
+                    let _ = tx.send(line.clone());
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the controller did not start listening")?;
+        let field = |name: &str| -> anyhow::Result<SocketAddr> {
+            let start = line.find(&format!("{name}=")).context("listening line")? + name.len() + 1;
+            let end = line[start..].find(' ').map_or(line.len(), |e| start + e);
+            Ok(line[start..end].parse()?)
+        };
+        let controller = Controller {
+            push: field("push")?,
+            admin: field("admin")?,
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(controller.admin, "/ready")
+            .map(|(code, _)| code)
+            .ok()
+            != Some(200)
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller did not become ready; log:\n{}",
+                    controller.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(controller)
+    }
+
+    /// Everything the controller has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// `GET` on the admin endpoint; the status code and body.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.admin, path)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for admin endpoints.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text.split(' ').nth(1).context("status line")?.parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A protocol client, as a proxy would be.
+pub struct ProxyClient {
+    conn: Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>,
+}
+
+impl ProxyClient {
+    /// Connects and says Hello; fails unless the controller answers Welcome.
+    pub async fn connect(addr: SocketAddr, pod: &str) -> anyhow::Result<ProxyClient> {
+        let mut client = Self::connect_raw(addr).await?;
+        let proxy = ProxyId {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            service_account: "default".into(),
+        };
+        client
+            .send(ClientMessage::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                proxy,
+            })
+            .await?;
+        match client.recv(Duration::from_secs(5)).await? {
+            ServerMessage::Welcome { .. } => Ok(client),
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// Connects without saying anything.
+    pub async fn connect_raw(addr: SocketAddr) -> anyhow::Result<ProxyClient> {
+        let stream = TcpStream::connect(addr).await?;
+        Ok(ProxyClient {
+            conn: Framed::new(stream, FrameCodec::default()),
+        })
+    }
+
+    pub async fn send(&mut self, msg: ClientMessage) -> anyhow::Result<()> {
+        self.conn.send(msg).await?;
+        Ok(())
+    }
+
+    /// The next message, or an error after `wait`.
+    pub async fn recv(&mut self, wait: Duration) -> anyhow::Result<ServerMessage> {
+        match tokio::time::timeout(wait, self.conn.next()).await {
+            Ok(Some(Ok(msg))) => Ok(msg),
+            Ok(Some(Err(e))) => Err(e.into()),
+            Ok(None) => bail!("the controller closed the connection"),
+            Err(_) => bail!("nothing received within {wait:?}"),
+        }
+    }
+}
