@@ -190,6 +190,16 @@ pub mod v1alpha4 {
     }
 }
 
+/// A regex error on one line (the regex crate draws a multi-line caret diagram).
+fn one_line(e: &regex::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('^'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Validates and normalizes the matches of an HTTPRouteGroup found at `field`.
 pub fn route_group(matches: &[HttpRouteMatch], field: &str) -> Result<HttpRouteGroup, Findings> {
     let mut errors = Findings::default();
@@ -212,7 +222,7 @@ pub fn route_group(matches: &[HttpRouteMatch], field: &str) -> Result<HttpRouteG
             if let Err(e) = compile_path_regex(p) {
                 errors.push(Finding::new(
                     at(".pathRegex"),
-                    format!("{p:?} does not compile: {e}"),
+                    format!("{p:?} does not compile: {}", one_line(&e)),
                 ));
             }
         }
@@ -230,7 +240,7 @@ pub fn route_group(matches: &[HttpRouteMatch], field: &str) -> Result<HttpRouteG
             if let Err(e) = compile_header_regex(re) {
                 errors.push(Finding::new(
                     at(&format!(".headers.{name}")),
-                    format!("{re:?} does not compile: {e}"),
+                    format!("{re:?} does not compile: {}", one_line(&e)),
                 ));
             }
         }
