@@ -161,7 +161,7 @@ pub fn read_value(value: Value, emit: &mut dyn FnMut(Outcome)) {
         .as_ref()
         .ok()
         .map(|(k, _, _)| *k)
-        .or_else(|| kind_of(&kind));
+        .or_else(|| Kind::parse(&kind));
     let id = match (known_kind, name.is_empty()) {
         (Some(k), false) => Some(ObjectId::new(
             k,
@@ -190,23 +190,6 @@ pub fn read_value(value: Value, emit: &mut dyn FnMut(Outcome)) {
         }),
         (Err(errors), id) => emit(Outcome::Invalid { id, what, errors }),
     }
-}
-
-fn kind_of(kind: &str) -> Option<Kind> {
-    Some(match kind {
-        "Namespace" => Kind::Namespace,
-        "ServiceAccount" => Kind::ServiceAccount,
-        "Service" => Kind::Service,
-        "EndpointSlice" => Kind::EndpointSlice,
-        "Endpoints" => Kind::Endpoints,
-        "Pod" => Kind::Pod,
-        "TrafficTarget" => Kind::TrafficTarget,
-        "HTTPRouteGroup" => Kind::HttpRouteGroup,
-        "TCPRoute" => Kind::TcpRoute,
-        "UDPRoute" => Kind::UdpRoute,
-        "TrafficSplit" => Kind::TrafficSplit,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,24 @@ impl Kind {
         }
     }
 
+    /// The kind named `name` (as written in `kind:`), if smidge reads it.
+    pub fn parse(name: &str) -> Option<Kind> {
+        const ALL: [Kind; 11] = [
+            Kind::Namespace,
+            Kind::ServiceAccount,
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Endpoints,
+            Kind::Pod,
+            Kind::TrafficTarget,
+            Kind::HttpRouteGroup,
+            Kind::TcpRoute,
+            Kind::UdpRoute,
+            Kind::TrafficSplit,
+        ];
+        ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn is_smi(self) -> bool {
         matches!(
             self,

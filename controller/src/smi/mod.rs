@@ -226,13 +226,8 @@ pub fn read(
         }
         _ => return None,
     };
-    let kind = match kind {
-        "TrafficTarget" => Kind::TrafficTarget,
-        "HTTPRouteGroup" => Kind::HttpRouteGroup,
-        "TCPRoute" => Kind::TcpRoute,
-        "UDPRoute" => Kind::UdpRoute,
-        _ => Kind::TrafficSplit,
-    };
+    // Every arm above handled a kind `Kind::parse` knows.
+    let kind = Kind::parse(kind)?;
     Some(result.map(|body| ReadSmi {
         kind,
         body,
