@@ -24,6 +24,8 @@ pub enum DepKey {
     /// The EndpointSlices (or Endpoints) of a Service.
     Endpoints(NsName),
     Pod(NsName),
+    /// Which Pods hold an address.
+    PodIp(IpAddr),
     /// The TrafficSplits whose root is this Service.
     Split(NsName),
     Route(RouteKind, NsName),
@@ -44,7 +46,11 @@ pub fn dep_keys(obj: &Object) -> Vec<DepKey> {
             keys
         }
         Body::Endpoints(set) => vec![DepKey::Endpoints(same_ns(&set.service))],
-        Body::Pod(_) => vec![DepKey::Pod(key.clone())],
+        Body::Pod(pod) => {
+            let mut keys = vec![DepKey::Pod(key.clone())];
+            keys.extend(pod.ips.iter().map(|ip| DepKey::PodIp(*ip)));
+            keys
+        }
         Body::TrafficSplit(split) => vec![DepKey::Split(same_ns(&split.service))],
         Body::HttpRouteGroup(_) => vec![DepKey::Route(RouteKind::HttpRouteGroup, key.clone())],
         Body::PortRoute(_) => {

@@ -22,5 +22,5 @@ pub use codec::{decode, encode, CodecError, Encoded, FrameCodec, MAX_FRAME_LEN};
 pub use message::{ClientMessage, ProxyId, ServerMessage, ViewUpdate, PROTOCOL_VERSION};
 pub use view::{
     Authorization, Backend, DefaultPolicy, Endpoint, HttpMatch, Identity, InboundView,
-    OutboundView, PortRule, Route, ServiceRef, View, ViewKey, WeightedTarget,
+    OutboundView, PeerView, PortRule, Route, ServiceRef, View, ViewKey, WeightedTarget,
 };

@@ -1,7 +1,7 @@
 //! The per-proxy views the controller compiles and the proxy enforces.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,9 @@ pub enum ViewKey {
     Outbound(SocketAddr),
     /// Who may call the workload that runs as this ServiceAccount.
     Inbound(Identity),
+    /// Which workload a peer address belongs to: the interim caller identity of an inbound proxy
+    /// until mutual TLS carries it (a pod cannot choose its source address without privileges).
+    Peer(IpAddr),
 }
 
 impl fmt::Display for ViewKey {
@@ -19,6 +22,7 @@ impl fmt::Display for ViewKey {
         match self {
             ViewKey::Outbound(addr) => write!(f, "outbound:{addr}"),
             ViewKey::Inbound(id) => write!(f, "inbound:{id}"),
+            ViewKey::Peer(ip) => write!(f, "peer:{ip}"),
         }
     }
 }
@@ -50,6 +54,14 @@ impl fmt::Display for Identity {
 pub enum View {
     Outbound(OutboundView),
     Inbound(InboundView),
+    Peer(PeerView),
+}
+
+/// The workload behind one pod address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The pod's identity when it is meshed; `None` for an un-meshed pod.
+    pub identity: Option<Identity>,
 }
 
 /// A Service port named by its namespace, name and port number.
@@ -231,6 +243,7 @@ impl View {
                 }
                 Ok(())
             }
+            View::Peer(_) => Ok(()),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod inbound;
 mod outbound;
+mod peer;
 
 use std::collections::BTreeSet;
 
@@ -11,6 +12,7 @@ use crate::index::{DepKey, Index, Lookup};
 
 pub use inbound::inbound;
 pub use outbound::outbound;
+pub use peer::peer;
 
 /// Mesh-wide settings the compiler needs.
 #[derive(Clone, Debug)]
@@ -40,6 +42,7 @@ pub fn compile(index: &Index, key: &ViewKey, config: &MeshConfig) -> Compiled {
     let view = match key {
         ViewKey::Outbound(addr) => outbound(&lookup, *addr).map(View::Outbound),
         ViewKey::Inbound(id) => Some(View::Inbound(inbound(&lookup, id, config))),
+        ViewKey::Peer(ip) => Some(View::Peer(peer(&lookup, *ip))),
     };
     Compiled {
         view,

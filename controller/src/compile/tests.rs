@@ -731,3 +731,46 @@ fn endpoints_that_are_not_ready_are_left_out() {
         .endpoints
         .is_empty());
 }
+
+fn peer(index: &Index, ip: &str) -> Option<Identity> {
+    let ip = ip.parse().expect("test address");
+    match compile(index, &ViewKey::Peer(ip), &MeshConfig::default()).view {
+        Some(View::Peer(p)) => p.identity,
+        other => panic!("expected a peer view, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_meshed_pod_address_names_its_service_account() {
+    let index = world("");
+    assert_eq!(peer(&index, "10.0.0.2"), Some(id("b")));
+    assert_eq!(peer(&index, "10.0.0.99"), None);
+}
+
+#[test]
+fn an_unmeshed_pod_address_has_no_identity() {
+    let index = world(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: ns, annotations: {smidge.io/inject: disabled}}
+spec: {serviceAccountName: a, containers: [{name: app, image: app}]}
+status: {podIP: 10.0.0.50}
+"#,
+    );
+    assert_eq!(peer(&index, "10.0.0.50"), None);
+}
+
+#[test]
+fn two_identities_claiming_one_address_give_none() {
+    let index = world(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: squatter, namespace: ns}
+spec: {serviceAccountName: c, containers: [{name: app, image: app}]}
+status: {podIP: 10.0.0.1}
+"#,
+    );
+    assert_eq!(peer(&index, "10.0.0.1"), None);
+}
