@@ -1,11 +1,178 @@
-//! `smidge-proxy`: the sidecar data plane. Not built yet; this binary says so and exits.
+//! `smidge-proxy`: `run` serves as the sidecar; `init` writes the pod's iptables rules.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "smidge-proxy {}: the data plane is not built yet (interception, HTTP/TCP proxying, \
-         authorization and metrics come with the proxy issue). It will speak protocol version {}.",
-        env!("CARGO_PKG_VERSION"),
-        smidge_protocol::PROTOCOL_VERSION
-    );
-    std::process::ExitCode::from(3)
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use smidge_proxy::init::{self, Cidr, Rules};
+use smidge_proxy::run::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "smidge-proxy", version, about = "The smidge micro-proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "plain", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve as the pod's sidecar.
+    Run(RunArgs),
+    /// Write the pod's iptables rules (needs root or CAP_NET_ADMIN in the pod's network namespace).
+    Init(InitArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The controller's push address.
+    #[arg(long)]
+    controller: SocketAddr,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    pod: String,
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    #[arg(long, default_value = "127.0.0.1:4140")]
+    outbound: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:4143")]
+    inbound: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:4191")]
+    admin: SocketAddr,
+    /// Ports whose connections skip protocol detection (server-speaks-first: SMTP, MySQL, ...).
+    #[arg(long, value_delimiter = ',', default_values_t = [25u16, 587, 3306, 4444, 5432, 6379, 9300, 11211])]
+    opaque_ports: Vec<u16>,
+    /// How long a connection may stay silent before it is treated as opaque TCP.
+    #[arg(long, default_value = "1000")]
+    detect_timeout_ms: u64,
+    /// How long a first connection to a destination waits for the controller's answer.
+    #[arg(long, default_value = "2000")]
+    discovery_wait_ms: u64,
+    #[arg(long, default_value = "3000")]
+    connect_timeout_ms: u64,
+    /// A subscription unused for this long is dropped.
+    #[arg(long, default_value = "300")]
+    idle_subscription_secs: u64,
+    /// Worker threads; 1 runs everything on one thread (the smallest footprint).
+    #[arg(long, default_value = "1")]
+    threads: usize,
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The uid the proxy runs as; its own connections are not redirected.
+    #[arg(long, default_value = "2102")]
+    proxy_uid: u32,
+    #[arg(long, default_value = "4140")]
+    outbound_port: u16,
+    #[arg(long, default_value = "4143")]
+    inbound_port: u16,
+    #[arg(long, default_value = "4191")]
+    admin_port: u16,
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Destinations reached directly, e.g. 169.254.169.254/32.
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<Cidr>,
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Cmd::Init(args) => {
+            let rules = Rules {
+                proxy_uid: args.proxy_uid,
+                outbound_port: args.outbound_port,
+                inbound_port: args.inbound_port,
+                admin_port: args.admin_port,
+                skip_outbound_ports: args.skip_outbound_ports,
+                skip_inbound_ports: args.skip_inbound_ports,
+                skip_outbound_cidrs: args.skip_outbound_cidrs,
+            };
+            if args.dry_run {
+                print!("{}", rules.restore_input());
+                return ExitCode::SUCCESS;
+            }
+            match init::apply(&rules) {
+                Ok(()) => {
+                    tracing::info!(proxy_uid = rules.proxy_uid, "iptables rules in place");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smidge-proxy init: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run(args) => {
+            let threads = args.threads.max(1);
+            let config = Config {
+                controller: args.controller,
+                namespace: args.namespace,
+                pod: args.pod,
+                service_account: args.service_account,
+                outbound: args.outbound,
+                inbound: args.inbound,
+                admin: args.admin,
+                opaque_ports: args.opaque_ports.into_iter().collect::<BTreeSet<u16>>(),
+                detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+                discovery_wait: Duration::from_millis(args.discovery_wait_ms),
+                connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+                idle_subscription: Duration::from_secs(args.idle_subscription_secs),
+            };
+            let runtime = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()
+            };
+            let runtime = match runtime {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("smidge-proxy: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("smidge-proxy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

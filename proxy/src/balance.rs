@@ -1,0 +1,191 @@
+//! Endpoint choice by load: power of two choices over a peak-sensitive latency EWMA.
+//! The arithmetic is pure; [`Loads`] keeps the per-endpoint state across view versions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How fast old latency observations fade.
+const DECAY: Duration = Duration::from_secs(10);
+/// What an endpoint with no observation is assumed to cost.
+const DEFAULT_RTT: Duration = Duration::from_millis(10);
+
+/// A peak-EWMA of one endpoint's latency plus its requests in flight.
+#[derive(Debug)]
+pub struct Load {
+    inner: Mutex<LoadState>,
+}
+
+#[derive(Debug)]
+struct LoadState {
+    ewma_ns: f64,
+    stamp: Instant,
+    pending: u32,
+}
+
+impl Load {
+    fn new(now: Instant) -> Self {
+        Load {
+            inner: Mutex::new(LoadState {
+                ewma_ns: DEFAULT_RTT.as_nanos() as f64,
+                stamp: now,
+                pending: 0,
+            }),
+        }
+    }
+
+    /// The cost P2C compares: latency weighted by queue depth.
+    pub fn cost(&self) -> f64 {
+        match self.inner.lock() {
+            Ok(s) => s.ewma_ns * f64::from(s.pending + 1),
+            Err(_) => f64::MAX,
+        }
+    }
+
+    /// Marks a request in flight until the returned guard records its latency.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.begin(true)
+    }
+
+    fn begin(self: &Arc<Self>, observe: bool) -> InFlight {
+        if let Ok(mut s) = self.inner.lock() {
+            s.pending += 1;
+        }
+        InFlight {
+            load: self.clone(),
+            started: Instant::now(),
+            observe,
+        }
+    }
+
+    /// Counts an open TCP connection toward the load without timing it (its length says
+    /// nothing about the endpoint's speed).
+    pub fn start_connection(self: &Arc<Self>) -> InFlight {
+        self.begin(false)
+    }
+
+    fn finish(&self, rtt: Option<Duration>, now: Instant) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.pending = s.pending.saturating_sub(1);
+            let Some(rtt) = rtt else { return };
+            s.ewma_ns = next_ewma(s.ewma_ns, rtt, now.saturating_duration_since(s.stamp));
+            s.stamp = now;
+        }
+    }
+}
+
+/// A peak EWMA: a slower observation takes over at once, faster ones blend in over [`DECAY`].
+pub fn next_ewma(ewma_ns: f64, rtt: Duration, elapsed: Duration) -> f64 {
+    let rtt_ns = rtt.as_nanos() as f64;
+    if rtt_ns > ewma_ns {
+        return rtt_ns;
+    }
+    let w = (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp();
+    ewma_ns * w + rtt_ns * (1.0 - w)
+}
+
+/// Records the latency of one request when dropped.
+pub struct InFlight {
+    load: Arc<Load>,
+    started: Instant,
+    observe: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let rtt = self.observe.then(|| now - self.started);
+        self.load.finish(rtt, now);
+    }
+}
+
+/// Of two distinct random candidates, the cheaper; one candidate needs no choice.
+/// `rolls` gives two uniform numbers.
+pub fn p2c(n: usize, rolls: (usize, usize), cost: impl Fn(usize) -> f64) -> Option<usize> {
+    match n {
+        0 => None,
+        1 => Some(0),
+        _ => {
+            let a = rolls.0 % n;
+            let b = (a + 1 + rolls.1 % (n - 1)) % n;
+            Some(if cost(b) < cost(a) { b } else { a })
+        }
+    }
+}
+
+/// The load of every endpoint recently used.
+#[derive(Debug, Default)]
+pub struct Loads {
+    by_addr: Mutex<HashMap<SocketAddr, Arc<Load>>>,
+}
+
+impl Loads {
+    pub fn get(&self, addr: SocketAddr) -> Arc<Load> {
+        match self.by_addr.lock() {
+            Ok(mut m) => m
+                .entry(addr)
+                .or_insert_with(|| Arc::new(Load::new(Instant::now())))
+                .clone(),
+            Err(_) => Arc::new(Load::new(Instant::now())),
+        }
+    }
+
+    /// Forgets endpoints nobody holds and that are idle.
+    pub fn prune(&self) {
+        if let Ok(mut m) = self.by_addr.lock() {
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+    }
+
+    /// Picks among `addrs` by P2C.
+    pub fn pick(&self, addrs: &[SocketAddr]) -> Option<(SocketAddr, Arc<Load>)> {
+        let loads: Vec<Arc<Load>> = addrs.iter().map(|a| self.get(*a)).collect();
+        let i = p2c(
+            addrs.len(),
+            (fastrand::usize(..), fastrand::usize(..)),
+            |i| loads[i].cost(),
+        )?;
+        Some((addrs[i], loads[i].clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p2c_picks_two_distinct_candidates_and_keeps_the_cheaper() {
+        let costs = [5.0, 1.0, 9.0];
+        for a in 0..3 {
+            for b in 0..2 {
+                let i = p2c(3, (a, b), |i| costs[i]).expect("choice");
+                let first = a % 3;
+                let second = (first + 1 + b % 2) % 3;
+                assert_ne!(first, second);
+                assert_eq!(costs[i], costs[first].min(costs[second]));
+            }
+        }
+        assert_eq!(p2c(0, (0, 0), |_| 0.0), None);
+        assert_eq!(p2c(1, (7, 7), |_| 0.0), Some(0));
+    }
+
+    #[test]
+    fn the_ewma_jumps_to_a_peak_and_decays_toward_faster_samples() {
+        let slow = next_ewma(1e6, Duration::from_millis(50), Duration::from_secs(1));
+        assert_eq!(slow, 50e6);
+        let faster = next_ewma(slow, Duration::from_millis(1), Duration::from_secs(10));
+        assert!(faster < slow && faster > 1e6, "{faster}");
+    }
+
+    #[test]
+    fn an_endpoint_with_requests_in_flight_costs_more() {
+        let loads = Loads::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let load = loads.get(addr);
+        let idle = load.cost();
+        let guard = load.start();
+        assert!(load.cost() > idle);
+        drop(guard);
+    }
+}

@@ -1,0 +1,40 @@
+//! What every connection handler shares.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smidge_protocol::Identity;
+use tokio::sync::watch;
+
+use crate::balance::Loads;
+use crate::discovery::{Discovery, ViewState};
+use crate::http::pool::Pool;
+use crate::inbound::identity::PeerIdentity;
+use crate::metrics::Metrics;
+
+/// Settings of the data path.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub detect_timeout: Duration,
+    pub detect_max_bytes: usize,
+    /// Ports whose connections skip protocol detection (server-speaks-first protocols).
+    pub opaque_ports: BTreeSet<u16>,
+    /// How long a first connection to a destination waits for the controller's answer.
+    pub discovery_wait: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Shared state of the proxy.
+pub struct Ctx {
+    pub settings: Settings,
+    /// The workload this proxy stands beside.
+    pub identity: Identity,
+    pub discovery: Discovery,
+    pub pool: Arc<Pool>,
+    pub loads: Loads,
+    pub metrics: Arc<Metrics>,
+    pub peers: Arc<dyn PeerIdentity>,
+    /// The inbound policy of this workload.
+    pub policy: watch::Receiver<ViewState>,
+}

@@ -1,0 +1,136 @@
+//! HTTP plumbing shared by both directions: the body type, serving a detected connection,
+//! the upstream connection pool, hop-by-hop headers, upgrades and locally made responses.
+
+pub mod observe;
+pub mod pool;
+pub mod serve;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use smidge_protocol::matching::RequestHead;
+
+/// What the proxy answers with: a streamed upstream body or a small local one.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Streams an upstream response body back without buffering.
+pub fn stream(body: Incoming) -> Body {
+    body.boxed()
+}
+
+/// A response the proxy makes itself, with a header that says why.
+pub fn local_response(status: StatusCode, header: &'static str, reason: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{reason}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(header), v);
+    }
+    resp
+}
+
+/// The header naming why the proxy refused a request.
+pub const DENIED_HEADER: &str = "smidge-denied";
+/// The header naming why the proxy could not forward a request.
+pub const ERROR_HEADER: &str = "smidge-error";
+
+/// Whether the request asks to switch protocols (WebSocket and friends).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, keeping `Connection: upgrade` + `Upgrade` when `upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|h| !(upgrade && *h == UPGRADE))
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
+    for h in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ] {
+        headers.remove(h);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+}
+
+/// A request head as the shared matching rules see it.
+pub struct Head<'a, B>(pub &'a Request<B>);
+
+impl<B> RequestHead for Head<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+
+    fn any_header_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(pred)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_upgrades_keep_theirs() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(CONNECTION).is_none());
+        assert!(h.get("x-end").is_some());
+
+        let mut u = HeaderMap::new();
+        u.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        u.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut u, true);
+        assert_eq!(
+            u.get(UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            u.get(CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Upstream HTTP connections, pooled per address: idle HTTP/1 connections wait for reuse,
+//! one multiplexed HTTP/2 connection per address.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("forwarding to {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_addr: usize,
+}
+
+/// The proxy's upstream connections.
+pub struct Pool {
+    config: PoolConfig,
+    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig) -> Arc<Pool> {
+        Arc::new(Pool {
+            config,
+            h1: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `req` to `addr` in the request's own HTTP version.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        if req.version() == Version::HTTP_2 {
+            self.send_h2(addr, req).await
+        } else {
+            self.send_h1(addr, req).await
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        // A pooled connection the server closed before our request went out is retried once on
+        // a fresh connection; a request that went out is never sent twice.
+        if let Some(mut sender) = self.take_h1(addr) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.recycle_h1(addr, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        return Err(ForwardError::Http {
+                            addr,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect_h1(addr).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| ForwardError::Http { addr, source })?;
+        self.recycle_h1(addr, sender);
+        Ok(resp)
+    }
+
+    fn take_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+        let mut pools = self.h1.lock().ok()?;
+        let idle = pools.get_mut(&addr)?;
+        let timeout = self.config.idle_timeout;
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.sender.is_ready() && i.since.elapsed() < timeout {
+                return Some(i.sender);
+            }
+        }
+        pools.remove(&addr);
+        None
+    }
+
+    /// Returns the connection to the pool once its response has been read to the end.
+    fn recycle_h1(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            if let Ok(mut pools) = pool.h1.lock() {
+                let idle = pools.entry(addr).or_default();
+                if idle.len() < pool.config.max_idle_per_addr {
+                    idle.push(Idle {
+                        sender,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        });
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ForwardError> {
+        let after = self.config.connect_timeout;
+        let stream = tokio::time::timeout(after, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ForwardError::ConnectTimeout { addr, after })?
+            .map_err(|source| ForwardError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<Incoming>, ForwardError> {
+        let io = self.connect(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ForwardError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let existing = self
+            .h2
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&addr).filter(|s| !s.is_closed()).cloned());
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self.connect_h2(addr).await?;
+                if let Ok(mut m) = self.h2.lock() {
+                    m.insert(addr, s.clone());
+                }
+                s
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|source| ForwardError::Http { addr, source })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| ForwardError::Http { addr, source })
+    }
+
+    async fn connect_h2(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<Incoming>, ForwardError> {
+        let io = self.connect(addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|source| ForwardError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Drops idle connections past their time and closed HTTP/2 connections.
+    pub fn sweep(&self) {
+        let timeout = self.config.idle_timeout;
+        if let Ok(mut pools) = self.h1.lock() {
+            pools.retain(|_, idle| {
+                idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < timeout);
+                !idle.is_empty()
+            });
+        }
+        if let Ok(mut m) = self.h2.lock() {
+            m.retain(|_, s| !s.is_closed());
+        }
+    }
+}

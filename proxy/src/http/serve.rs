@@ -1,0 +1,79 @@
+//! Serving a detected HTTP connection, and forwarding one request upstream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::pool::{ForwardError, Pool};
+use super::{is_upgrade, stream, strip_hop_by_hop, Body};
+use crate::net::detect::Protocol;
+
+/// Serves one client connection in the detected HTTP version until it closes.
+pub async fn serve<I, S>(io: I, protocol: Protocol, service: S) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let service = TowerToHyperService::new(service);
+    match protocol {
+        Protocol::Http2 => {
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, service)
+                .await
+        }
+        _ => {
+            http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
+    }
+}
+
+/// Forwards one request to `addr`, streaming both bodies; a protocol upgrade the upstream
+/// accepts is spliced through once both sides have switched.
+pub async fn forward(
+    pool: &Arc<Pool>,
+    addr: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ForwardError> {
+    let upgrade = is_upgrade(&req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut resp = pool.send(addr, req).await?;
+    match downstream {
+        Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match (downstream.await, upstream.await) {
+                    (Ok(down), Ok(up)) => {
+                        let mut down = TokioIo::new(down);
+                        let mut up = TokioIo::new(up);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                            tracing::debug!(%addr, error = %e, "upgraded connection ended");
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "upgrade did not complete")
+                    }
+                }
+            });
+        }
+        _ => strip_hop_by_hop(resp.headers_mut(), false),
+    }
+    Ok(resp.map(stream))
+}

@@ -1,0 +1,110 @@
+//! Inbound HTTP: every request is authorized against the policy as it is now, so a change
+//! applies on connections already open.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use smidge_protocol::Identity;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::ctx::Ctx;
+use crate::http::observe::{Labels, ObserveLayer};
+use crate::http::serve::forward;
+use crate::http::{local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
+use crate::metrics::DenyLabels;
+use crate::net::detect::Protocol;
+
+pub async fn serve<I>(
+    ctx: Arc<Ctx>,
+    io: I,
+    protocol: Protocol,
+    dst: SocketAddr,
+    app: SocketAddr,
+    client: Option<Identity>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let authorize = Authorize {
+        ctx: ctx.clone(),
+        dst,
+        app,
+        client: client.map(Arc::new),
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(ObserveLayer::new(ctx.metrics.clone(), "inbound"))
+        .service(authorize);
+    if let Err(e) = crate::http::serve::serve(io, protocol, service).await {
+        tracing::debug!(%dst, error = %e, "inbound HTTP connection ended");
+    }
+}
+
+/// Authorizes each request of one connection, then forwards it to the app.
+#[derive(Clone)]
+struct Authorize {
+    ctx: Arc<Ctx>,
+    dst: SocketAddr,
+    app: SocketAddr,
+    client: Option<Arc<Identity>>,
+}
+
+impl tower::Service<Request<Incoming>> for Authorize {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let ctx = self.ctx.clone();
+        let app = self.app;
+        let port = self.dst.port();
+        let client = self.client.clone();
+        let mut labels = Labels {
+            authority: self.dst.to_string(),
+            src_identity: client
+                .as_deref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            dst_identity: ctx.identity.to_string(),
+            ..Labels::default()
+        };
+        let decision = super::decide(&ctx, client.as_deref(), port, Some(&Head(&req)));
+        Box::pin(async move {
+            let mut resp = match decision {
+                Ok(by) => {
+                    labels.route = by;
+                    match forward(&ctx.pool, app, req).await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            tracing::info!(%app, error = %e, "inbound request failed");
+                            local_response(StatusCode::BAD_GATEWAY, ERROR_HEADER, "app-unreachable")
+                        }
+                    }
+                }
+                Err(reason) => {
+                    ctx.metrics
+                        .denied
+                        .get_or_create(&DenyLabels {
+                            reason,
+                            src_identity: labels.src_identity.clone(),
+                            port,
+                            protocol: "http",
+                        })
+                        .inc();
+                    tracing::debug!(port, reason, client = %labels.src_identity, "request denied");
+                    local_response(StatusCode::FORBIDDEN, DENIED_HEADER, reason)
+                }
+            };
+            resp.extensions_mut().insert(labels);
+            Ok(resp)
+        })
+    }
+}

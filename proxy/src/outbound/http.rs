@@ -1,0 +1,155 @@
+//! Outbound HTTP: per request, a route by match, a backend by weight, an endpoint by load.
+//! The view is read per request, so a change applies on connections already open.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::ctx::Ctx;
+use crate::discovery::ViewState;
+use crate::http::observe::{Labels, ObserveLayer};
+use crate::http::serve::forward;
+use crate::http::{local_response, Body, Head, ERROR_HEADER};
+use crate::net::detect::Protocol;
+use crate::views::{pick_weighted, total_weight, Compiled};
+
+pub async fn serve<I>(
+    ctx: Arc<Ctx>,
+    io: I,
+    protocol: Protocol,
+    dst: SocketAddr,
+    rx: watch::Receiver<ViewState>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let router = Router {
+        ctx: ctx.clone(),
+        dst,
+        rx,
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(ObserveLayer::new(ctx.metrics.clone(), "outbound"))
+        .service(router);
+    if let Err(e) = crate::http::serve::serve(io, protocol, service).await {
+        tracing::debug!(%dst, error = %e, "outbound HTTP connection ended");
+    }
+}
+
+/// Routes each request of one client connection.
+#[derive(Clone)]
+struct Router {
+    ctx: Arc<Ctx>,
+    dst: SocketAddr,
+    rx: watch::Receiver<ViewState>,
+}
+
+impl tower::Service<Request<Incoming>> for Router {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let ctx = self.ctx.clone();
+        let dst = self.dst;
+        let state = self.rx.borrow().clone();
+        Box::pin(async move { Ok(route(ctx, dst, state, req).await) })
+    }
+}
+
+async fn route(
+    ctx: Arc<Ctx>,
+    dst: SocketAddr,
+    state: ViewState,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let mut labels = Labels {
+        authority: dst.to_string(),
+        src_identity: ctx.identity.to_string(),
+        ..Labels::default()
+    };
+    let ready = match state {
+        ViewState::Ready(r) => r,
+        // The Service left the mesh while this connection was open: as an un-meshed pod would.
+        _ => return send(&ctx, dst, req, labels, None).await,
+    };
+    let Compiled::Outbound(routes) = &ready.compiled else {
+        return send(&ctx, dst, req, labels, None).await;
+    };
+    labels.authority = routes.service.clone();
+    let Some(route) = routes.route_request(&Head(&req)) else {
+        return with_labels(
+            local_response(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "no-route"),
+            labels,
+        );
+    };
+    labels.route = route.name.clone();
+    let total = total_weight(&route.targets);
+    let Some(backend) = pick_weighted(&route.targets, fastrand::u64(..total.max(1)))
+        .and_then(|b| routes.backend(b))
+    else {
+        return with_labels(
+            local_response(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "no-backend"),
+            labels,
+        );
+    };
+    let addrs: Vec<SocketAddr> = backend.endpoints.iter().map(|e| e.addr).collect();
+    let Some((addr, load)) = ctx.loads.pick(&addrs) else {
+        return with_labels(
+            local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ERROR_HEADER,
+                "no-endpoints",
+            ),
+            labels,
+        );
+    };
+    labels.dst_identity = backend
+        .endpoints
+        .iter()
+        .find(|e| e.addr == addr)
+        .and_then(|e| e.identity.as_ref())
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let in_flight = load.start();
+    drop(ready);
+    send(&ctx, addr, req, labels, Some(in_flight)).await
+}
+
+async fn send(
+    ctx: &Arc<Ctx>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    labels: Labels,
+    in_flight: Option<crate::balance::InFlight>,
+) -> Response<Body> {
+    let resp = match forward(&ctx.pool, addr, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::info!(%addr, error = %e, "outbound request failed");
+            local_response(
+                StatusCode::BAD_GATEWAY,
+                ERROR_HEADER,
+                "upstream-unreachable",
+            )
+        }
+    };
+    drop(in_flight);
+    with_labels(resp, labels)
+}
+
+fn with_labels(mut resp: Response<Body>, labels: Labels) -> Response<Body> {
+    resp.extensions_mut().insert(labels);
+    resp
+}

@@ -1,0 +1,135 @@
+//! Starting the proxy: listeners, discovery, admin.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use smidge_protocol::{Identity, ProxyId, ViewKey};
+use tokio::net::TcpListener;
+
+use crate::balance::Loads;
+use crate::ctx::{Ctx, Settings};
+use crate::discovery::{ClientConfig, Discovery};
+use crate::http::pool::{Pool, PoolConfig};
+use crate::inbound::identity::ByPeerAddress;
+use crate::metrics::Metrics;
+
+/// Everything `smidge-proxy run` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub controller: SocketAddr,
+    pub namespace: String,
+    pub pod: String,
+    pub service_account: String,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub opaque_ports: BTreeSet<u16>,
+    pub detect_timeout: Duration,
+    pub discovery_wait: Duration,
+    pub connect_timeout: Duration,
+    pub idle_subscription: Duration,
+}
+
+/// Binds the listeners and serves until the process is stopped.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let outbound = TcpListener::bind(config.outbound)
+        .await
+        .with_context(|| format!("binding the outbound listener on {}", config.outbound))?;
+    let inbound = TcpListener::bind(config.inbound)
+        .await
+        .with_context(|| format!("binding the inbound listener on {}", config.inbound))?;
+    let admin = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", config.admin))?;
+
+    let identity = Identity::new(config.namespace.clone(), config.service_account.clone());
+    let discovery = Discovery::start(
+        ClientConfig {
+            controller: config.controller,
+            connect_timeout: config.connect_timeout,
+            idle_after: config.idle_subscription,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        },
+        ProxyId {
+            namespace: config.namespace.clone(),
+            pod: config.pod.clone(),
+            service_account: config.service_account.clone(),
+        },
+    );
+    let policy = discovery.pin(&ViewKey::Inbound(identity.clone()));
+    let pool = Pool::new(PoolConfig {
+        connect_timeout: config.connect_timeout,
+        idle_timeout: Duration::from_secs(30),
+        max_idle_per_addr: 16,
+    });
+    let ctx = Arc::new(Ctx {
+        settings: Settings {
+            detect_timeout: config.detect_timeout,
+            detect_max_bytes: 4096,
+            opaque_ports: config.opaque_ports.clone(),
+            discovery_wait: config.discovery_wait,
+            connect_timeout: config.connect_timeout,
+        },
+        identity,
+        discovery: discovery.clone(),
+        pool: pool.clone(),
+        loads: Loads::default(),
+        metrics: Arc::new(Metrics::new()),
+        peers: Arc::new(ByPeerAddress {
+            discovery,
+            wait: config.discovery_wait,
+        }),
+        policy,
+    });
+
+    tracing::info!(
+        outbound = %outbound.local_addr()?,
+        inbound = %inbound.local_addr()?,
+        admin = %admin.local_addr()?,
+        identity = %ctx.identity,
+        controller = %config.controller,
+        "proxy listening"
+    );
+
+    tokio::spawn(crate::admin::serve(admin, ctx.clone()));
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                ctx.pool.sweep();
+                ctx.loads.prune();
+            }
+        });
+    }
+    let inbound_ctx = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            match inbound.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(crate::inbound::accept(inbound_ctx.clone(), stream, peer));
+                }
+                Err(e) => accept_failed("inbound", e).await,
+            }
+        }
+    });
+    loop {
+        match outbound.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(crate::outbound::accept(ctx.clone(), stream));
+            }
+            Err(e) => accept_failed("outbound", e).await,
+        }
+    }
+}
+
+/// Out of file descriptors and the like: say so and pause rather than spin.
+async fn accept_failed(listener: &str, e: std::io::Error) {
+    tracing::warn!(listener, error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
