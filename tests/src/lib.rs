@@ -1,4 +1,8 @@
-//! Helpers for end-to-end tests: build and start the real binaries, talk to them as a proxy would.
+//! Helpers for end-to-end tests: build and start the real binaries, talk to them as a proxy would,
+//! and run a mesh in network namespaces ([`mesh`]) with test apps ([`apps`]).
+
+pub mod apps;
+pub mod mesh;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -15,8 +19,13 @@ use tokio_util::codec::Framed;
 
 /// The path of a workspace binary, built (once per test process) if needed.
 pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, Result<(), String>>>> =
+        OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
+    let built = built.entry(package.to_string()).or_insert_with(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", package, "--bins"])

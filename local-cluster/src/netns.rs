@@ -1,0 +1,178 @@
+//! Network namespaces as nodes and pods, made with `ip` (iproute2) and removed on drop.
+//!
+//! Each [`Node`] is its own namespace with a bridge, so several nodes (several tests) may use
+//! the same addresses side by side without seeing each other.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
+
+/// The prefix length of the pod network on a node's bridge.
+pub const PREFIX: u8 = 16;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A node: a network namespace holding a bridge at `gateway` that its pods attach to.
+pub struct Node {
+    name: String,
+    pub gateway: Ipv4Addr,
+    pods: Vec<String>,
+}
+
+/// A pod: a network namespace with `eth0` on the node's bridge.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!("`ip` is not installed: install the iproute2 package")
+            } else {
+                anyhow::anyhow!("running ip: {e}")
+            }
+        })?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Creates a node namespace with a bridge at `gateway`/16. `tag` makes names readable.
+    pub fn create(tag: &str, gateway: Ipv4Addr) -> anyhow::Result<Node> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("smg-{}-{}-{n}", tag, std::process::id());
+        ip(&["netns", "add", &name]).context(
+            "creating a network namespace (needs root, or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+        )?;
+        let node = Node {
+            name,
+            gateway,
+            pods: Vec::new(),
+        };
+        let ns = node.name.as_str();
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        // A bridge otherwise takes the lowest MAC of its ports and changes it as pods join,
+        // leaving pods that already resolved the gateway talking to a stale address.
+        let [a, b, c, d] = gateway.octets();
+        let mac = format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        ip(&["-n", ns, "link", "set", "br0", "address", &mac])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{gateway}/{PREFIX}"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        Ok(node)
+    }
+
+    /// The node's namespace name (for `ip netns exec`).
+    pub fn netns(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a pod at `ip` with a default route through the node.
+    pub fn add_pod(&mut self, name: &str, ip_addr: Ipv4Addr) -> anyhow::Result<Pod> {
+        let index = self.pods.len();
+        let netns = format!("{}-p{index}", self.name);
+        ip(&["netns", "add", &netns])?;
+        self.pods.push(netns.clone());
+        let node = self.name.as_str();
+        let host_end = format!("veth{index}");
+        ip(&[
+            "-n", node, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+            &netns,
+        ])?;
+        ip(&["-n", node, "link", "set", &host_end, "master", "br0", "up"])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/{PREFIX}"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.gateway.to_string(),
+        ])?;
+        Ok(Pod {
+            name: name.into(),
+            netns,
+            ip: ip_addr,
+        })
+    }
+
+    /// A command that runs inside the node's namespace.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        in_netns(&self.name, program, None)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for ns in self.pods.iter().chain(std::iter::once(&self.name)) {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                tracing::warn!(netns = %ns, error = %e, "could not remove a network namespace");
+            }
+        }
+    }
+}
+
+impl Pod {
+    /// A command that runs inside the pod's namespace, as `uid` (and the same gid) if given.
+    pub fn command(&self, program: &std::path::Path, uid: Option<u32>) -> Command {
+        in_netns(&self.netns, program, uid)
+    }
+
+    /// Moves the calling thread into the pod's network namespace: sockets it opens afterwards
+    /// live in the pod. Meant for a thread dedicated to that pod.
+    pub fn enter(&self) -> anyhow::Result<()> {
+        let path = format!("/run/netns/{}", self.netns);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering network namespace {}", self.netns))?;
+        Ok(())
+    }
+}
+
+fn in_netns(netns: &str, program: &std::path::Path, uid: Option<u32>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]);
+    if let Some(uid) = uid {
+        cmd.arg("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups");
+    }
+    cmd.arg(program);
+    cmd
+}

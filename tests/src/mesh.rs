@@ -1,0 +1,308 @@
+//! A mesh in network namespaces: a node running the real controller, pods each with the real
+//! proxy (after its real `init` rules), and the test's apps running inside the pods.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use smidge_local_cluster::netns::{Node, Pod};
+
+use crate::binary;
+
+/// The uid proxies run as; `init` exempts it.
+pub const PROXY_UID: u32 = 2102;
+/// Where the controller listens inside the node.
+pub const CONTROLLER_PORT: u16 = 8086;
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+
+/// A process whose stderr is collected; killed when dropped.
+pub struct Process {
+    child: Mutex<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Process> {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        Ok(Process {
+            child: Mutex::new(child),
+            log,
+        })
+    }
+
+    /// Everything logged so far, and the exit status if the process ended.
+    pub fn log(&self) -> String {
+        let mut text = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        if let Ok(mut c) = self.child.lock() {
+            if let Ok(Some(status)) = c.try_wait() {
+                text.push_str(&format!("[exited: {status}]\n"));
+            }
+        }
+        text
+    }
+
+    pub fn kill(&mut self) {
+        if let Ok(c) = self.child.get_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The process id of the program itself (`ip netns exec` and `setpriv` exec into it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok().map(|c| c.id())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One meshed pod: its namespace and its proxy.
+pub struct MeshPod {
+    pub pod: Pod,
+    pub proxy: Process,
+}
+
+/// The node, the controller and the pods. Dropping it stops everything and removes the
+/// namespaces.
+pub struct Mesh {
+    pub pods: Vec<MeshPod>,
+    pub controller: Option<Process>,
+    manifests: PathBuf,
+    _dir: tempfile::TempDir,
+    // Last: namespaces go after the processes in them.
+    pub node: Node,
+}
+
+/// A pod to create: name, address, ServiceAccount.
+pub struct PodSpec<'a> {
+    pub name: &'a str,
+    pub ip: Ipv4Addr,
+    pub service_account: &'a str,
+}
+
+impl Mesh {
+    /// Starts the controller on `manifests` (namespace `namespace`) and a proxy per pod.
+    pub fn start(
+        tag: &str,
+        manifests: &str,
+        namespace: &str,
+        pods: &[PodSpec<'_>],
+        proxy_args: &[&str],
+    ) -> anyhow::Result<Mesh> {
+        let controller_bin = binary("smidge-controller", "smidge-controller")?;
+        let proxy_bin = binary("smidge-proxy", "smidge-proxy")?;
+        let mut node = Node::create(tag, GATEWAY)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, manifests)?;
+        let mut mesh_pods = Vec::new();
+        for spec in pods {
+            let pod = node.add_pod(spec.name, spec.ip)?;
+            let out = pod
+                .command(&proxy_bin, None)
+                .arg("init")
+                .arg(format!("--proxy-uid={PROXY_UID}"))
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "init in {} failed: {}",
+                    spec.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let mut cmd = pod.command(&proxy_bin, Some(PROXY_UID));
+            cmd.args(["run", "--controller"])
+                .arg(format!("{GATEWAY}:{CONTROLLER_PORT}"))
+                .args(["--namespace", namespace, "--pod", spec.name])
+                .args(["--service-account", spec.service_account])
+                .args(proxy_args);
+            let proxy = Process::spawn(cmd, "smidge-proxy")?;
+            mesh_pods.push(MeshPod { pod, proxy });
+        }
+        let mut mesh = Mesh {
+            pods: mesh_pods,
+            controller: None,
+            manifests: file,
+            _dir: dir,
+            node,
+        };
+        mesh.start_controller(&controller_bin)?;
+        for p in &mesh.pods {
+            mesh.wait_ready(p)?;
+        }
+        Ok(mesh)
+    }
+
+    fn start_controller(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let mut cmd = self.node.command(bin);
+        cmd.args(["--provider", "file", "--manifests"])
+            .arg(self.manifests.parent().context("manifest dir")?)
+            .arg("--listen")
+            .arg(format!("0.0.0.0:{CONTROLLER_PORT}"))
+            .args(["--admin", "127.0.0.1:0"]);
+        self.controller = Some(Process::spawn(cmd, "smidge-controller")?);
+        Ok(())
+    }
+
+    /// Kills the controller.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill();
+        }
+    }
+
+    /// Starts the controller again on the same address.
+    pub fn restart_controller(&mut self) -> anyhow::Result<()> {
+        self.stop_controller();
+        let bin = binary("smidge-controller", "smidge-controller")?;
+        self.start_controller(&bin)
+    }
+
+    /// Replaces the manifests (atomically, as an editor's save or `kubectl apply` would).
+    pub fn write_manifests(&self, text: &str) -> anyhow::Result<()> {
+        let tmp = self.manifests.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.manifests)?;
+        Ok(())
+    }
+
+    pub fn pod(&self, name: &str) -> &MeshPod {
+        match self.pods.iter().find(|p| p.pod.name == name) {
+            Some(p) => p,
+            None => panic!("no pod {name} in this mesh"),
+        }
+    }
+
+    fn wait_ready(&self, p: &MeshPod) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = in_pod(&p.pod, || async {
+                admin_get(4191, "/ready").await.map(|(code, _)| code == 200)
+            })?;
+            if matches!(ready, Ok(true)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the proxy of {} did not become ready; proxy log:\n{}\ncontroller log:\n{}",
+                    p.pod.name,
+                    p.proxy.log(),
+                    self.controller
+                        .as_ref()
+                        .map(|c| c.log())
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the processes logged, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = &self.controller {
+            out.push_str(&format!("--- controller\n{}", c.log()));
+        }
+        for p in &self.pods {
+            out.push_str(&format!("--- proxy {}\n{}", p.pod.name, p.proxy.log()));
+        }
+        out
+    }
+
+    /// The proxy's `/metrics` text.
+    pub fn metrics(&self, pod: &str) -> anyhow::Result<String> {
+        let (code, body) = in_pod(&self.pod(pod).pod, || admin_get(4191, "/metrics"))??;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body)
+    }
+}
+
+/// Runs `f` to completion on a fresh thread inside the pod's network namespace.
+pub fn in_pod<F, Fut, T>(pod: &Pod, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let name = pod.name.clone();
+    let pod = pod.clone();
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        pod.enter()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(f()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in pod {name} panicked"))?
+}
+
+/// Starts `f` on a thread inside the pod's namespace and leaves it running.
+pub fn spawn_in_pod<F, Fut>(pod: &Pod, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let pod = pod.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let entered = pod.enter();
+        let ok = entered.is_ok();
+        let _ = tx.send(entered);
+        if !ok {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(f());
+        }
+    });
+    rx.recv().context("pod thread")??;
+    Ok(())
+}
+
+/// `GET` on a proxy's admin port from inside its pod.
+pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await??;
+    let code = text.split(' ').nth(1).context("status line")?.parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
