@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod mesh;
+pub mod scenario;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -17,8 +18,21 @@ use smidge_protocol::{ClientMessage, FrameCodec, ProxyId, ServerMessage, PROTOCO
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-/// The path of a workspace binary, built (once per test process) if needed.
+/// The directory of this program's build profile: `target/<profile>` (tests run from its
+/// `deps/`, binaries from the directory itself).
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("locating the target directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("locating the target directory")?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The path of a workspace binary, built (once per process, in this program's profile) if needed.
 pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = profile_dir()?;
+    let release = dir.file_name().is_some_and(|n| n == "release");
     static BUILT: OnceLock<Mutex<std::collections::HashMap<String, Result<(), String>>>> =
         OnceLock::new();
     let mut built = BUILT
@@ -27,8 +41,12 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         .map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
     let built = built.entry(package.to_string()).or_insert_with(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", package, "--bins"])
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package, "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .map_err(|e| e.to_string())?;
@@ -39,12 +57,6 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         }
     });
     built.clone().map_err(anyhow::Error::msg)?;
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locating the target directory")?;
     let path = dir.join(name);
     if !path.exists() {
         bail!("{} was not built", path.display());

@@ -126,7 +126,7 @@ impl Discovery {
             .filter(|(_, e)| {
                 !e.pinned
                     && e.tx.receiver_count() == 0
-                    && now.saturating_duration_since(e.last_used) > idle
+                    && now.saturating_duration_since(e.last_used) >= idle
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -193,5 +193,43 @@ impl Discovery {
         if up {
             self.shared.ever_connected.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_unheld_unpinned_subscriptions_are_dropped_when_idle() {
+        let discovery = Discovery::start(
+            ClientConfig {
+                // Nothing listens there: the views stay pending, which is all this test needs.
+                controller: "127.0.0.1:9".parse().expect("addr"),
+                connect_timeout: Duration::from_millis(100),
+                idle_after: Duration::from_secs(3600),
+                backoff_min: Duration::from_secs(60),
+                backoff_max: Duration::from_secs(60),
+            },
+            ProxyId {
+                namespace: "ns".into(),
+                pod: "p".into(),
+                service_account: "sa".into(),
+            },
+        );
+        let key = |n: u8| ViewKey::Outbound(format!("10.0.0.{n}:80").parse().expect("addr"));
+        let held = discovery.watch(&key(1));
+        drop(discovery.watch(&key(2)));
+        drop(discovery.pin(&key(3)));
+        discovery.sweep(Duration::from_secs(3600));
+        assert_eq!(
+            discovery.snapshot().len(),
+            3,
+            "nothing is idle for an hour yet"
+        );
+        discovery.sweep(Duration::ZERO);
+        let left: Vec<ViewKey> = discovery.snapshot().into_iter().map(|s| s.key).collect();
+        assert_eq!(left, vec![key(1), key(3)]);
+        drop(held);
     }
 }
