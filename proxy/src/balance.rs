@@ -43,6 +43,13 @@ impl Load {
         }
     }
 
+    fn idle_for(&self, idle: Duration, now: Instant) -> bool {
+        match self.inner.lock() {
+            Ok(s) => s.pending == 0 && now.saturating_duration_since(s.stamp) >= idle,
+            Err(_) => true,
+        }
+    }
+
     /// Marks a request in flight until the returned guard records its latency.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.begin(true)
@@ -68,7 +75,10 @@ impl Load {
     fn finish(&self, rtt: Option<Duration>, now: Instant) {
         if let Ok(mut s) = self.inner.lock() {
             s.pending = s.pending.saturating_sub(1);
-            let Some(rtt) = rtt else { return };
+            let Some(rtt) = rtt else {
+                s.stamp = now;
+                return;
+            };
             s.ewma_ns = next_ewma(s.ewma_ns, rtt, now.saturating_duration_since(s.stamp));
             s.stamp = now;
         }
@@ -131,10 +141,11 @@ impl Loads {
         }
     }
 
-    /// Forgets endpoints nobody holds and that are idle.
-    pub fn prune(&self) {
+    /// Forgets endpoints with nothing in flight that nobody used for `idle`.
+    pub fn prune(&self, idle: Duration) {
+        let now = Instant::now();
         if let Ok(mut m) = self.by_addr.lock() {
-            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.retain(|_, l| Arc::strong_count(l) > 1 || !l.idle_for(idle, now));
         }
     }
 
@@ -187,5 +198,21 @@ mod tests {
         let guard = load.start();
         assert!(load.cost() > idle);
         drop(guard);
+    }
+
+    #[test]
+    fn pruning_keeps_recently_used_endpoints_and_their_latency() {
+        let loads = Loads::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        drop(loads.get(addr).start());
+        let cost = loads.get(addr).cost();
+        loads.prune(Duration::from_secs(60));
+        assert_eq!(
+            loads.get(addr).cost(),
+            cost,
+            "a fresh endpoint was forgotten"
+        );
+        loads.prune(Duration::ZERO);
+        assert!(loads.by_addr.lock().map(|m| m.is_empty()).unwrap_or(false));
     }
 }

@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 ctx.pool.sweep();
-                ctx.loads.prune();
+                ctx.loads.prune(Duration::from_secs(60));
             }
         });
     }

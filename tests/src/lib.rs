@@ -30,19 +30,16 @@ fn profile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// The path of a workspace binary, built (once per process, in this program's profile) if needed.
+/// Every binary is built in one `cargo build --workspace --bins`, the same command `.ci/run` runs
+/// beforehand, so features resolve the same way and nothing is rebuilt while tests run.
 pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = profile_dir()?;
     let release = dir.file_name().is_some_and(|n| n == "release");
-    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, Result<(), String>>>> =
-        OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
-    let built = built.entry(package.to_string()).or_insert_with(|| {
+    let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package, "--bins"]);
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             cmd.arg("--release");
         }
@@ -53,10 +50,12 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("cargo build -p {package} failed: {status}"))
+            Err(format!("cargo build --workspace --bins failed: {status}"))
         }
     });
-    built.clone().map_err(anyhow::Error::msg)?;
+    built
+        .clone()
+        .map_err(|e| anyhow::anyhow!("building {package}: {e}"))?;
     let path = dir.join(name);
     if !path.exists() {
         bail!("{} was not built", path.display());

@@ -180,6 +180,10 @@ fn split_weights_apply_per_request_on_one_keep_alive_connection() -> anyhow::Res
 fn a_traffic_target_turns_403_into_200_and_back_on_an_open_connection() -> anyhow::Result<()> {
     let mesh = start("authz", &manifests(1, 0, false), &[])?;
     let client = mesh.pod("client").pod.clone();
+    // Opaque TCP is decided per connection: denied, the connection is closed without an echo.
+    let denied_tcp = in_pod(&client, || apps::tcp_echo(web(ECHO_PORT), "let me in"))?;
+    assert!(denied_tcp.is_err(), "a denied TCP connection was answered");
+    let client_pod = client.clone();
     let (step_tx, step_rx) = std::sync::mpsc::channel::<&'static str>();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel::<anyhow::Result<(u16, String)>>();
     let errors = seen_tx.clone();
@@ -224,6 +228,9 @@ fn a_traffic_target_turns_403_into_200_and_back_on_an_open_connection() -> anyho
         .recv_timeout(wait)
         .with_context(|| format!("still 403 after {wait:?}\n{}", mesh.logs()))??;
     assert_eq!(code, 200, "after {ms} ms");
+    in_pod(&client_pod, || {
+        apps::tcp_echo(web(ECHO_PORT), "now allowed")
+    })??;
 
     mesh.write_manifests(&manifests(1, 0, false))?;
     step_tx.send("deny")?;
