@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use smidge_controller::{crds, lint};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(name = "smidge", version, about = "A lightweight SMI service mesh")]
 struct Cli {
@@ -28,8 +30,19 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Run the demo mesh on this machine (needs the local cluster, which is not built yet).
-    Demo,
+    /// Run a small shop on this machine (network namespaces, the real controller and proxies):
+    /// a canary split in three steps and an access rule, with a table per step. Needs root.
+    Demo {
+        /// Requests the storefront sends per step.
+        #[arg(long, default_value = "2000")]
+        requests: usize,
+        /// Keep-alive connections they are spread over.
+        #[arg(long, default_value = "8")]
+        connections: usize,
+        /// Leave the shop running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,16 +94,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
-            eprintln!(
-                "smidge demo: not built yet.\n\
-                 The demo runs the whole mesh on this machine in network namespaces (the local cluster),\n\
-                 which is not built yet. What runs today:\n  \
-                 smidge lint FILE...                       check SMI objects offline\n  \
-                 smidge crds                               print the SMI CRDs\n  \
-                 smidge-controller --provider file --manifests DIR   serve views to proxies"
-            );
-            Ok(ExitCode::from(3))
+        Command::Demo {
+            requests,
+            connections,
+            keep,
+        } => {
+            demo::run(demo::Options {
+                requests,
+                connections,
+                keep,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -176,3 +176,41 @@ fn in_netns(netns: &str, program: &std::path::Path, uid: Option<u32>) -> Command
     cmd.arg(program);
     cmd
 }
+
+/// Removes the namespaces of earlier runs with this `tag` whose program is gone (killed, say),
+/// killing whatever still runs inside them. Returns how many were removed.
+pub fn remove_stale(tag: &str) -> anyhow::Result<usize> {
+    let prefix = format!("smg-{tag}-");
+    let entries = match std::fs::read_dir("/run/netns") {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).context("listing /run/netns"),
+    };
+    let mut stale: Vec<String> = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            stale.push(name);
+        }
+    }
+    // Pods before their node, so links go away with their namespaces in order.
+    stale.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for ns in &stale {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        ip(&["netns", "del", ns])?;
+    }
+    Ok(stale.len())
+}

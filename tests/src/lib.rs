@@ -1,9 +1,9 @@
 //! Helpers for end-to-end tests: build and start the real binaries, talk to them as a proxy would,
 //! and run a mesh in network namespaces ([`mesh`]) with test apps ([`apps`]).
 
-pub mod apps;
-pub mod mesh;
 pub mod scenario;
+
+pub use smidge_local_cluster::{apps, mesh};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::apps::{self, BANNER_PORT, ECHO_PORT, WS_PORT};
-use crate::mesh::{spawn_in_pod, Mesh, PodSpec};
+use crate::mesh::{spawn_in_pod, Binaries, Mesh, PodSpec};
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
 pub const V1_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 11);
@@ -134,8 +134,16 @@ pub fn start(tag: &str, manifests: &str, proxy_args: &[&str]) -> anyhow::Result<
             service_account: "web",
         },
     ];
-    let mesh = Mesh::start(tag, manifests, "mesh", &pods, proxy_args)?;
+    let mesh = Mesh::start(&binaries()?, tag, manifests, "mesh", &pods, proxy_args)?;
     spawn_in_pod(&mesh.pod("web-v1").pod, || apps::backend("v1"))?;
     spawn_in_pod(&mesh.pod("web-v2").pod, || apps::backend("v2"))?;
     Ok(mesh)
+}
+
+/// The controller and proxy binaries of this build profile, built if needed.
+pub fn binaries() -> anyhow::Result<Binaries> {
+    Ok(Binaries {
+        controller: crate::binary("smidge-controller", "smidge-controller")?,
+        proxy: crate::binary("smidge-proxy", "smidge-proxy")?,
+    })
 }

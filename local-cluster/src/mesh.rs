@@ -9,10 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::netns::{Node, Pod};
 use anyhow::{bail, Context};
-use smidge_local_cluster::netns::{Node, Pod};
-
-use crate::binary;
 
 /// The uid proxies run as; `init` exempts it.
 pub const PROXY_UID: u32 = 2102;
@@ -93,10 +91,39 @@ pub struct MeshPod {
 pub struct Mesh {
     pub pods: Vec<MeshPod>,
     pub controller: Option<Process>,
+    controller_bin: PathBuf,
     manifests: PathBuf,
     _dir: tempfile::TempDir,
     // Last: namespaces go after the processes in them.
     pub node: Node,
+}
+
+/// Where the real binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub controller: PathBuf,
+    pub proxy: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries beside the running program (as `cargo build --bins` leaves them).
+    pub fn beside_current_exe() -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().context("the program's directory")?;
+        let bins = Binaries {
+            controller: dir.join("smidge-controller"),
+            proxy: dir.join("smidge-proxy"),
+        };
+        for b in [&bins.controller, &bins.proxy] {
+            if !b.exists() {
+                bail!(
+                    "{} is missing: build every binary first (cargo build --release --bins)",
+                    b.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
 }
 
 /// A pod to create: name, address, ServiceAccount.
@@ -109,14 +136,15 @@ pub struct PodSpec<'a> {
 impl Mesh {
     /// Starts the controller on `manifests` (namespace `namespace`) and a proxy per pod.
     pub fn start(
+        bins: &Binaries,
         tag: &str,
         manifests: &str,
         namespace: &str,
         pods: &[PodSpec<'_>],
         proxy_args: &[&str],
     ) -> anyhow::Result<Mesh> {
-        let controller_bin = binary("smidge-controller", "smidge-controller")?;
-        let proxy_bin = binary("smidge-proxy", "smidge-proxy")?;
+        let controller_bin = bins.controller.clone();
+        let proxy_bin = bins.proxy.clone();
         let mut node = Node::create(tag, GATEWAY)?;
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("mesh.yaml");
@@ -148,6 +176,7 @@ impl Mesh {
         let mut mesh = Mesh {
             pods: mesh_pods,
             controller: None,
+            controller_bin: controller_bin.clone(),
             manifests: file,
             _dir: dir,
             node,
@@ -180,7 +209,7 @@ impl Mesh {
     /// Starts the controller again on the same address.
     pub fn restart_controller(&mut self) -> anyhow::Result<()> {
         self.stop_controller();
-        let bin = binary("smidge-controller", "smidge-controller")?;
+        let bin = self.controller_bin.clone();
         self.start_controller(&bin)
     }
 
