@@ -30,6 +30,11 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Trust material for an install, and tokens for proxies outside Kubernetes.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Run a small shop on this machine (network namespaces, the real controller and proxies):
     /// a canary split in three steps and an access rule, with a table per step. Needs root.
     Demo {
@@ -42,6 +47,33 @@ enum Command {
         /// Leave the shop running until Ctrl-C.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Write a fresh set (ECDSA P-256): ca.crt (10-year trust anchor), issuer.crt and issuer.key
+    /// (1-year issuer), token.key. Refuses to overwrite.
+    Gen {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Print a token proving a ServiceAccount to the controller (the `file` provider's stand-in
+    /// for Kubernetes' projected tokens).
+    Token {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long)]
+        pod: String,
+        /// Seconds until it expires.
+        #[arg(long, default_value = "86400")]
+        ttl: u64,
     },
 }
 
@@ -90,6 +122,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .with_context(|| format!("writing {}", path.display()))?;
                     }
                     None => print!("{yaml}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identity { command } => {
+            match command {
+                IdentityCommand::Gen { dir, trust_domain } => {
+                    smidge_controller::identity::generate(&dir, &trust_domain)?;
+                    println!(
+                        "wrote ca.crt, issuer.crt, issuer.key and token.key to {}",
+                        dir.display()
+                    );
+                }
+                IdentityCommand::Token {
+                    dir,
+                    namespace,
+                    service_account,
+                    pod,
+                    ttl,
+                } => {
+                    let trust = smidge_controller::identity::Trust::load(&dir)?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs();
+                    println!(
+                        "{}",
+                        trust.token_key.sign(&smidge_controller::identity::Claims {
+                            ns: namespace,
+                            sa: service_account,
+                            pod,
+                            aud: smidge_controller::identity::token::AUDIENCE.into(),
+                            exp: now + ttl,
+                        })
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

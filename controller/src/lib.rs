@@ -7,6 +7,7 @@ pub mod compile;
 pub mod core;
 pub mod crds;
 pub mod diagnose;
+pub mod identity;
 pub mod index;
 pub mod labels;
 pub mod lint;

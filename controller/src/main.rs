@@ -53,6 +53,19 @@ struct Args {
     default_policy: DefaultPolicy,
     #[arg(long, value_enum, default_value = "plain")]
     log_format: LogFormat,
+    /// Trust material (ca.crt, issuer.crt, issuer.key, token.key; `smidge identity gen` makes
+    /// them). With it the control channel is TLS, proxies prove their ServiceAccount with a token
+    /// and get certificates. Without it: plaintext and no certificates (development only).
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of proxy certificates.
+    #[arg(long, default_value = "86400")]
+    cert_lifetime_secs: u64,
+    /// The DNS name in the controller's own certificate, which proxies check.
+    #[arg(long, default_value = "smidge-controller")]
+    identity_name: String,
 }
 
 #[tokio::main]
@@ -78,6 +91,25 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secured = match &args.identity_dir {
+        Some(dir) => {
+            let trust = smidge_controller::identity::Trust::load(dir)
+                .with_context(|| format!("--identity-dir {}", dir.display()))?;
+            let authority = Arc::new(smidge_controller::identity::Authority::new(
+                trust,
+                &args.trust_domain,
+                std::time::Duration::from_secs(args.cert_lifetime_secs),
+            )?);
+            let tls =
+                tokio_rustls::TlsAcceptor::from(authority.server_config(&args.identity_name)?);
+            Some(Arc::new(server::Secured { authority, tls }))
+        }
+        None => {
+            tracing::warn!("no --identity-dir: the control channel is plaintext and proxies get no certificates");
+            None
+        }
+    };
     let dir = match (args.provider, args.manifests) {
         (ProviderKind::File, Some(dir)) => dir,
         (ProviderKind::File, None) => anyhow::bail!("--provider file needs --manifests DIR"),
@@ -112,7 +144,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move { provider::file::run(dir, tx).await.context("file provider") });
     let reg = registry.clone();
-    tasks.spawn(async move { server::serve(push, reg).await.context("push server") });
+    tasks.spawn(async move {
+        server::serve(push, reg, secured)
+            .await
+            .context("push server")
+    });
     let st = status.clone();
     tasks.spawn(async move {
         admin::serve(admin_listener, st)

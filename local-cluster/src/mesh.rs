@@ -17,6 +17,15 @@ pub const PROXY_UID: u32 = 2102;
 /// Where the controller listens inside the node.
 pub const CONTROLLER_PORT: u16 = 8086;
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+/// The mesh's trust domain.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// A process whose stderr is collected; killed when dropped.
 pub struct Process {
@@ -92,6 +101,7 @@ pub struct Mesh {
     pub pods: Vec<MeshPod>,
     pub controller: Option<Process>,
     controller_bin: PathBuf,
+    controller_args: Vec<String>,
     manifests: PathBuf,
     _dir: tempfile::TempDir,
     // Last: namespaces go after the processes in them.
@@ -127,6 +137,7 @@ impl Binaries {
 }
 
 /// A pod to create: name, address, ServiceAccount.
+#[derive(Clone, Debug)]
 pub struct PodSpec<'a> {
     pub name: &'a str,
     pub ip: Ipv4Addr,
@@ -143,12 +154,35 @@ impl Mesh {
         pods: &[PodSpec<'_>],
         proxy_args: &[&str],
     ) -> anyhow::Result<Mesh> {
+        Self::start_with(bins, tag, manifests, namespace, pods, proxy_args, &[])
+    }
+
+    /// [`start`](Self::start) with extra controller arguments.
+    pub fn start_with(
+        bins: &Binaries,
+        tag: &str,
+        manifests: &str,
+        namespace: &str,
+        pods: &[PodSpec<'_>],
+        proxy_args: &[&str],
+        controller_args: &[&str],
+    ) -> anyhow::Result<Mesh> {
         let controller_bin = bins.controller.clone();
         let proxy_bin = bins.proxy.clone();
         let mut node = Node::create(tag, GATEWAY)?;
         let dir = tempfile::tempdir()?;
-        let file = dir.path().join("mesh.yaml");
+        // The proxies run under their own uid and read the anchor and their token from here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        let manifest_dir = dir.path().join("manifests");
+        std::fs::create_dir(&manifest_dir)?;
+        let file = manifest_dir.join("mesh.yaml");
         std::fs::write(&file, manifests)?;
+        // Fresh trust material per mesh; each proxy proves its ServiceAccount with a token.
+        let identity_dir = dir.path().join("identity");
+        smidge_controller::identity::generate(&identity_dir, TRUST_DOMAIN)?;
+        let trust = smidge_controller::identity::Trust::load(&identity_dir)?;
+        let anchor = identity_dir.join(smidge_controller::identity::trust::ANCHOR_FILE);
         let mut mesh_pods = Vec::new();
         for spec in pods {
             let pod = node.add_pod(spec.name, spec.ip)?;
@@ -164,11 +198,27 @@ impl Mesh {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+            let token = trust.token_key.sign(&smidge_controller::identity::Claims {
+                ns: namespace.to_string(),
+                sa: spec.service_account.to_string(),
+                pod: spec.name.to_string(),
+                aud: smidge_controller::identity::token::AUDIENCE.to_string(),
+                exp: unix_now() + 86_400,
+            });
+            let token_file = dir.path().join(format!("{}.token", spec.name));
+            std::fs::write(&token_file, token)?;
+            std::os::unix::fs::chown(&token_file, Some(PROXY_UID), Some(PROXY_UID))?;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
             let mut cmd = pod.command(&proxy_bin, Some(PROXY_UID));
             cmd.args(["run", "--controller"])
                 .arg(format!("{GATEWAY}:{CONTROLLER_PORT}"))
                 .args(["--namespace", namespace, "--pod", spec.name])
                 .args(["--service-account", spec.service_account])
+                .arg("--trust-anchor")
+                .arg(&anchor)
+                .arg("--token-file")
+                .arg(&token_file)
+                .args(["--trust-domain", TRUST_DOMAIN])
                 .args(proxy_args);
             let proxy = Process::spawn(cmd, "smidge-proxy")?;
             mesh_pods.push(MeshPod { pod, proxy });
@@ -177,6 +227,16 @@ impl Mesh {
             pods: mesh_pods,
             controller: None,
             controller_bin: controller_bin.clone(),
+            controller_args: controller_args
+                .iter()
+                .map(|a| a.to_string())
+                .chain([
+                    "--identity-dir".to_string(),
+                    identity_dir.display().to_string(),
+                    "--trust-domain".to_string(),
+                    TRUST_DOMAIN.to_string(),
+                ])
+                .collect(),
             manifests: file,
             _dir: dir,
             node,
@@ -194,9 +254,15 @@ impl Mesh {
             .arg(self.manifests.parent().context("manifest dir")?)
             .arg("--listen")
             .arg(format!("0.0.0.0:{CONTROLLER_PORT}"))
-            .args(["--admin", "127.0.0.1:0"]);
+            .args(["--admin", "127.0.0.1:0"])
+            .args(&self.controller_args);
         self.controller = Some(Process::spawn(cmd, "smidge-controller")?);
         Ok(())
+    }
+
+    /// The trust material of this mesh (ca.crt, issuer.crt, issuer.key, token.key).
+    pub fn identity_dir(&self) -> PathBuf {
+        self._dir.path().join("identity")
     }
 
     /// Kills the controller.

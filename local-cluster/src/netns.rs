@@ -131,6 +131,11 @@ impl Node {
         })
     }
 
+    /// Moves the calling thread into the node's network namespace.
+    pub fn enter(&self) -> anyhow::Result<()> {
+        enter_netns(&self.name)
+    }
+
     /// A command that runs inside the node's namespace.
     pub fn command(&self, program: &std::path::Path) -> Command {
         in_netns(&self.name, program, None)
@@ -156,12 +161,17 @@ impl Pod {
     /// Moves the calling thread into the pod's network namespace: sockets it opens afterwards
     /// live in the pod. Meant for a thread dedicated to that pod.
     pub fn enter(&self) -> anyhow::Result<()> {
-        let path = format!("/run/netns/{}", self.netns);
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering network namespace {}", self.netns))?;
-        Ok(())
+        enter_netns(&self.netns)
     }
+}
+
+/// Moves the calling thread into the named network namespace.
+pub fn enter_netns(netns: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{netns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {netns}"))?;
+    Ok(())
 }
 
 fn in_netns(netns: &str, program: &std::path::Path, uid: Option<u32>) -> Command {

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod delta;
 pub mod matching;
 pub mod message;
+pub mod names;
 pub mod view;
 
 pub use codec::{decode, encode, CodecError, Encoded, FrameCodec, MAX_FRAME_LEN};

@@ -6,7 +6,7 @@ use crate::delta::Change;
 use crate::view::{View, ViewKey};
 
 /// Bumped on any incompatible change of the messages; both sides refuse a mismatch at Hello.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Who a proxy is: its pod and the ServiceAccount it runs as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +23,11 @@ pub enum ClientMessage {
     Hello {
         protocol_version: u16,
         proxy: ProxyId,
+        /// Proof of the proxy's ServiceAccount, when the controller runs an identity CA.
+        token: Option<String>,
     },
+    /// Asks for a certificate: a DER CSR whose names must be the proxy's identity.
+    Certify { csr: Vec<u8> },
     /// Start receiving a view: the current version first, then its changes.
     Subscribe(ViewKey),
     /// Stop receiving a view.
@@ -45,6 +49,10 @@ pub enum ServerMessage {
     Welcome { protocol_version: u16 },
     /// Answer to a Hello the controller refuses; the connection closes after it.
     Refused { reason: String },
+    /// The answer to `Certify`: the DER chain (leaf first) and its expiry (Unix seconds).
+    Certified { chain: Vec<Vec<u8>>, not_after: u64 },
+    /// `Certify` was refused; the reason never contains the token.
+    CertifyRefused { reason: String },
     /// A new version of a subscribed view.
     View {
         key: ViewKey,

@@ -63,6 +63,18 @@ fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready"
+            if ctx
+                .mesh
+                .as_ref()
+                .is_some_and(|m| !m.has_valid_certificate()) =>
+        {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "waiting for a certificate from the controller\n".into(),
+            )
+        }
         "/ready" => match &*ctx.policy.borrow() {
             ViewState::Pending => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -134,6 +146,17 @@ fn refresh_view_metrics(ctx: &Ctx) {
     let m = &ctx.metrics;
     m.controller_connected
         .set(i64::from(ctx.discovery.connected()));
+    if let Some(mesh) = &ctx.mesh {
+        use std::sync::atomic::Ordering;
+        let expiry = mesh.current().map_or(0, |c| c.not_after);
+        m.cert_expiry.set(i64::try_from(expiry).unwrap_or(i64::MAX));
+        let renewals = mesh.renewals.load(Ordering::Relaxed);
+        m.cert_renewals
+            .inc_by(renewals.saturating_sub(m.cert_renewals.get()));
+        let failures = mesh.failures.load(Ordering::Relaxed);
+        m.cert_failures
+            .inc_by(failures.saturating_sub(m.cert_failures.get()));
+    }
     m.view_version.clear();
     m.view_age.clear();
     let now = Instant::now();

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::balance::Loads;
 use crate::discovery::{Discovery, ViewState};
 use crate::http::pool::Pool;
+use crate::identity::MeshIdentity;
 use crate::inbound::identity::PeerIdentity;
 use crate::metrics::Metrics;
 
@@ -23,6 +24,10 @@ pub struct Settings {
     /// How long a first connection to a destination waits for the controller's answer.
     pub discovery_wait: Duration,
     pub connect_timeout: Duration,
+    /// This proxy's inbound port: a connection addressed to it is a peer proxy's opaque mTLS.
+    pub inbound_port: u16,
+    /// The inbound port of peer proxies.
+    pub peer_inbound_port: u16,
 }
 
 /// Shared state of the proxy.
@@ -30,6 +35,8 @@ pub struct Ctx {
     pub settings: Settings,
     /// The workload this proxy stands beside.
     pub identity: Identity,
+    /// mTLS material; `None` when the mesh runs without identity.
+    pub mesh: Option<Arc<MeshIdentity>>,
     pub discovery: Discovery,
     pub pool: Arc<Pool>,
     pub loads: Loads,

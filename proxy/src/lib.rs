@@ -12,6 +12,7 @@ pub mod balance;
 pub mod ctx;
 pub mod discovery;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod metrics;

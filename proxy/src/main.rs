@@ -28,7 +28,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve as the pod's sidecar.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the pod's iptables rules (needs root or CAP_NET_ADMIN in the pod's network namespace).
     Init(InitArgs),
 }
@@ -67,6 +67,18 @@ struct RunArgs {
     /// Worker threads; 1 runs everything on one thread (the smallest footprint).
     #[arg(long, default_value = "1")]
     threads: usize,
+    /// The mesh's trust anchor (PEM). With it the proxy gets a certificate from the controller,
+    /// speaks mTLS to meshed peers and TLS to the controller.
+    #[arg(long, requires = "token_file")]
+    trust_anchor: Option<std::path::PathBuf>,
+    /// The ServiceAccount token that proves this proxy's identity to the controller.
+    #[arg(long, requires = "trust_anchor")]
+    token_file: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The DNS name in the controller's certificate.
+    #[arg(long, default_value = "smidge-controller")]
+    controller_name: String,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +106,7 @@ struct InitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_logging(cli.log_format);
     match cli.command {
         Cmd::Init(args) => {
@@ -123,6 +136,26 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => {
             let threads = args.threads.max(1);
+            let identity = match (&args.trust_anchor, &args.token_file) {
+                (Some(anchor), Some(token)) => {
+                    let read = |p: &std::path::Path| {
+                        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+                    };
+                    match (read(anchor), read(token)) {
+                        (Ok(anchor_pem), Ok(token)) => Some(run::IdentitySettings {
+                            trust_domain: args.trust_domain.clone(),
+                            anchor_pem,
+                            token: token.trim().to_string(),
+                            controller_name: args.controller_name.clone(),
+                        }),
+                        (Err(e), _) | (_, Err(e)) => {
+                            eprintln!("smidge-proxy: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let config = Config {
                 controller: args.controller,
                 namespace: args.namespace,
@@ -136,6 +169,7 @@ fn main() -> ExitCode {
                 discovery_wait: Duration::from_millis(args.discovery_wait_ms),
                 connect_timeout: Duration::from_millis(args.connect_timeout_ms),
                 idle_subscription: Duration::from_secs(args.idle_subscription_secs),
+                identity,
             };
             let runtime = if threads == 1 {
                 tokio::runtime::Builder::new_current_thread()

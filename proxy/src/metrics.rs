@@ -65,6 +65,9 @@ pub struct Metrics {
     pub view_version: Family<ViewLabels, Gauge>,
     pub view_age: Family<ViewLabels, Gauge<f64, AtomicU64>>,
     pub controller_connected: Gauge,
+    pub cert_expiry: Gauge,
+    pub cert_renewals: Counter,
+    pub cert_failures: Counter,
     pub registry: Registry,
 }
 
@@ -88,6 +91,9 @@ impl Metrics {
             view_version: Family::default(),
             view_age: Family::default(),
             controller_connected: Gauge::default(),
+            cert_expiry: Gauge::default(),
+            cert_renewals: Counter::default(),
+            cert_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -140,6 +146,21 @@ impl Metrics {
             "controller_connected",
             "1 while connected to the controller",
             m.controller_connected.clone(),
+        );
+        registry.register(
+            "identity_cert_expiry_timestamp_seconds",
+            "When the proxy's certificate expires (Unix seconds; 0 without one)",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "identity_certificates",
+            "Certificates received from the controller",
+            m.cert_renewals.clone(),
+        );
+        registry.register(
+            "identity_certificate_failures",
+            "Certificate requests refused or unusable",
+            m.cert_failures.clone(),
         );
         Metrics { registry, ..m }
     }

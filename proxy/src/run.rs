@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::balance::Loads;
 use crate::ctx::{Ctx, Settings};
-use crate::discovery::{ClientConfig, Discovery};
+use crate::discovery::{ClientConfig, ControlTls, Discovery};
 use crate::http::pool::{Pool, PoolConfig};
+use crate::identity::MeshIdentity;
 use crate::inbound::identity::ByPeerAddress;
 use crate::metrics::Metrics;
 
@@ -31,6 +32,20 @@ pub struct Config {
     pub discovery_wait: Duration,
     pub connect_timeout: Duration,
     pub idle_subscription: Duration,
+    /// mTLS and the secured control channel; `None` only against a controller without identity.
+    pub identity: Option<IdentitySettings>,
+}
+
+/// Where the proxy's identity comes from.
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    pub trust_domain: String,
+    /// PEM of the trust anchor.
+    pub anchor_pem: String,
+    /// The ServiceAccount token the controller checks.
+    pub token: String,
+    /// The DNS name in the controller's certificate.
+    pub controller_name: String,
 }
 
 /// Binds the listeners and serves until the process is stopped.
@@ -46,6 +61,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin listener on {}", config.admin))?;
 
     let identity = Identity::new(config.namespace.clone(), config.service_account.clone());
+    let (mesh, tls) = match &config.identity {
+        Some(settings) => {
+            let mesh = Arc::new(
+                MeshIdentity::new(
+                    identity.clone(),
+                    &settings.trust_domain,
+                    &settings.anchor_pem,
+                )
+                .context("the trust anchor")?,
+            );
+            let control =
+                rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+                    .with_root_certificates(mesh.roots())
+                    .with_no_client_auth();
+            let tls = ControlTls {
+                connector: tokio_rustls::TlsConnector::from(Arc::new(control)),
+                server_name: rustls::pki_types::ServerName::try_from(
+                    settings.controller_name.clone(),
+                )
+                .context("--controller-name")?,
+                token: settings.token.clone(),
+                identity: mesh.clone(),
+            };
+            (Some(mesh), Some(tls))
+        }
+        None => {
+            tracing::warn!(
+                "no identity configured: no mTLS; callers are identified by source address"
+            );
+            (None, None)
+        }
+    };
     let discovery = Discovery::start(
         ClientConfig {
             controller: config.controller,
@@ -53,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             idle_after: config.idle_subscription,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            tls,
         },
         ProxyId {
             namespace: config.namespace.clone(),
@@ -61,11 +109,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     );
     let policy = discovery.pin(&ViewKey::Inbound(identity.clone()));
-    let pool = Pool::new(PoolConfig {
-        connect_timeout: config.connect_timeout,
-        idle_timeout: Duration::from_secs(30),
-        max_idle_per_addr: 16,
-    });
+    let pool = Pool::new(
+        PoolConfig {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_addr: 16,
+        },
+        mesh.clone(),
+    );
     let ctx = Arc::new(Ctx {
         settings: Settings {
             detect_timeout: config.detect_timeout,
@@ -73,8 +124,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             opaque_ports: config.opaque_ports.clone(),
             discovery_wait: config.discovery_wait,
             connect_timeout: config.connect_timeout,
+            inbound_port: config.inbound.port(),
+            peer_inbound_port: config.inbound.port(),
         },
         identity,
+        mesh,
         discovery: discovery.clone(),
         pool: pool.clone(),
         loads: Loads::default(),

@@ -183,6 +183,7 @@ impl ProxyClient {
             .send(ClientMessage::Hello {
                 protocol_version: PROTOCOL_VERSION,
                 proxy,
+                token: None,
             })
             .await?;
         match client.recv(Duration::from_secs(5)).await? {

@@ -117,6 +117,18 @@ spec:
 }
 
 pub fn start(tag: &str, manifests: &str, proxy_args: &[&str]) -> anyhow::Result<Mesh> {
+    start_with(tag, manifests, &[], proxy_args, &[])
+}
+
+/// [`start`] with extra pods (name, address, ServiceAccount), a different ServiceAccount for a
+/// pod's proxy (`overrides`, to make an impostor), and controller arguments.
+pub fn start_with(
+    tag: &str,
+    manifests: &str,
+    extra: &[(&str, Ipv4Addr, &str)],
+    proxy_args: &[&str],
+    controller_args: &[&str],
+) -> anyhow::Result<Mesh> {
     let pods = [
         PodSpec {
             name: "client",
@@ -134,7 +146,26 @@ pub fn start(tag: &str, manifests: &str, proxy_args: &[&str]) -> anyhow::Result<
             service_account: "web",
         },
     ];
-    let mesh = Mesh::start(&binaries()?, tag, manifests, "mesh", &pods, proxy_args)?;
+    let mut pods = pods.to_vec();
+    for (name, ip, sa) in extra {
+        match pods.iter_mut().find(|p| p.name == *name) {
+            Some(p) => p.service_account = sa,
+            None => pods.push(PodSpec {
+                name,
+                ip: *ip,
+                service_account: sa,
+            }),
+        }
+    }
+    let mesh = Mesh::start_with(
+        &binaries()?,
+        tag,
+        manifests,
+        "mesh",
+        &pods,
+        proxy_args,
+        controller_args,
+    )?;
     spawn_in_pod(&mesh.pod("web-v1").pod, || apps::backend("v1"))?;
     spawn_in_pod(&mesh.pod("web-v2").pod, || apps::backend("v2"))?;
     Ok(mesh)

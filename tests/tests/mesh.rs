@@ -75,7 +75,11 @@ fn every_protocol_reaches_its_backend_through_both_proxies() -> anyhow::Result<(
     let inb = sum(
         &v1_metrics,
         "smidge_requests_total",
-        &[("direction", "inbound"), ("src_identity", "mesh/client")],
+        &[
+            ("direction", "inbound"),
+            ("src_identity", "spiffe://cluster.local/ns/mesh/sa/client"),
+            ("tls", "true"),
+        ],
     )?;
     assert_eq!(inb, 12.0, "web-v1 proxy metrics:\n{v1_metrics}");
     let tcp = sum(

@@ -225,6 +225,7 @@ async fn an_unknown_destination_is_absent_and_a_wrong_protocol_version_is_refuse
     old.send(ClientMessage::Hello {
         protocol_version: 999,
         proxy: proxy_id,
+        token: None,
     })
     .await
     .unwrap();

@@ -9,28 +9,78 @@ use futures_util::{SinkExt, StreamExt};
 use smidge_protocol::{
     encode, ClientMessage, Encoded, FrameCodec, ServerMessage, ViewKey, PROTOCOL_VERSION,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamMap;
 use tokio_util::codec::Framed;
 
 use super::registry::Registry;
+use crate::identity::{Authority, Claims};
+
+/// The identity side of the push server: TLS for the channel, tokens, certificates.
+pub struct Secured {
+    pub authority: Arc<Authority>,
+    pub tls: tokio_rustls::TlsAcceptor,
+}
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts proxy connections until the listener fails.
-pub async fn serve(listener: TcpListener, registry: Arc<Mutex<Registry>>) -> std::io::Result<()> {
+/// Accepts proxy connections until the listener fails. With `secured`, connections are TLS,
+/// Hello must carry a valid token for the proxy it names, and proxies may ask for certificates.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Mutex<Registry>>,
+    secured: Option<Arc<Secured>>,
+) -> std::io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let registry = registry.clone();
+        let secured = secured.clone();
         tokio::spawn(async move {
-            match connection(stream, peer, registry).await {
+            let result = match secured {
+                Some(s) => match tokio::time::timeout(HELLO_TIMEOUT, s.tls.accept(stream)).await {
+                    Ok(Ok(tls)) => connection(tls, peer, registry, Some(s.authority.clone())).await,
+                    Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake: {e}")),
+                    Err(_) => Err(anyhow::anyhow!("no TLS handshake within {HELLO_TIMEOUT:?}")),
+                },
+                None => connection(stream, peer, registry, None).await,
+            };
+            match result {
                 Ok(()) => tracing::debug!(%peer, "proxy disconnected"),
                 Err(e) => tracing::info!(%peer, error = %e, "proxy connection ended"),
             }
         });
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks the token of a Hello against the proxy it names. The error never contains the token.
+fn admit(
+    authority: &Authority,
+    proxy: &smidge_protocol::ProxyId,
+    token: Option<&str>,
+) -> Result<Claims, String> {
+    let token = token.ok_or("this controller requires a ServiceAccount token in Hello")?;
+    let claims = authority
+        .token_key
+        .verify(token, unix_now())
+        .map_err(|e| e.to_string())?;
+    if claims.ns != proxy.namespace || claims.sa != proxy.service_account || claims.pod != proxy.pod
+    {
+        return Err(format!(
+            "the token proves {}/{} (pod {}), but Hello says {}/{} (pod {})",
+            claims.ns, claims.sa, claims.pod, proxy.namespace, proxy.service_account, proxy.pod
+        ));
+    }
+    Ok(claims)
 }
 
 /// The last version sent on a connection for one view, and whether it went as a delta.
@@ -39,24 +89,29 @@ struct Sent {
     was_delta: bool,
 }
 
-type Conn = Framed<TcpStream, FrameCodec<ClientMessage, Encoded>>;
+type Conn<IO> = Framed<IO, FrameCodec<ClientMessage, Encoded>>;
 
-async fn send(conn: &mut Conn, msg: &ServerMessage) -> anyhow::Result<()> {
+async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<IO>,
+    msg: &ServerMessage,
+) -> anyhow::Result<()> {
     conn.send(Encoded(encode(msg)?)).await?;
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: IO,
     peer: SocketAddr,
     registry: Arc<Mutex<Registry>>,
+    authority: Option<Arc<Authority>>,
 ) -> anyhow::Result<()> {
-    let mut conn: Conn = Framed::new(stream, FrameCodec::default());
-    let proxy = match tokio::time::timeout(HELLO_TIMEOUT, conn.next()).await {
+    let mut conn: Conn<IO> = Framed::new(stream, FrameCodec::default());
+    let (proxy, token) = match tokio::time::timeout(HELLO_TIMEOUT, conn.next()).await {
         Ok(Some(Ok(ClientMessage::Hello {
             protocol_version,
             proxy,
-        }))) if protocol_version == PROTOCOL_VERSION => proxy,
+            token,
+        }))) if protocol_version == PROTOCOL_VERSION => (proxy, token),
         Ok(Some(Ok(ClientMessage::Hello {
             protocol_version, ..
         }))) => {
@@ -83,6 +138,23 @@ async fn connection(
         Ok(Some(Err(e))) => return Err(e.into()),
         Ok(None) => return Ok(()),
         Err(_) => anyhow::bail!("no Hello within {HELLO_TIMEOUT:?}"),
+    };
+    let claims = match &authority {
+        Some(a) => match admit(a, &proxy, token.as_deref()) {
+            Ok(c) => Some(c),
+            Err(reason) => {
+                tracing::warn!(%peer, namespace = %proxy.namespace, pod = %proxy.pod, service_account = %proxy.service_account, %reason, "refused a proxy");
+                send(
+                    &mut conn,
+                    &ServerMessage::Refused {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+                anyhow::bail!(reason);
+            }
+        },
+        None => None,
     };
     send(
         &mut conn,
@@ -133,6 +205,24 @@ async fn connection(
                     }
                 }
                 Some(Ok(ClientMessage::Hello { .. })) => break Err(anyhow::anyhow!("Hello sent twice")),
+                Some(Ok(ClientMessage::Certify { csr })) => {
+                    let answer = match (&authority, &claims) {
+                        (Some(a), Some(c)) => match a.issue(c, &csr, time::OffsetDateTime::now_utc()) {
+                            Ok(issued) => {
+                                tracing::info!(namespace = %c.ns, service_account = %c.sa, pod = %c.pod, not_after = issued.not_after, "issued a certificate");
+                                ServerMessage::Certified { chain: issued.chain, not_after: issued.not_after }
+                            }
+                            Err(e) => {
+                                tracing::warn!(namespace = %c.ns, service_account = %c.sa, pod = %c.pod, reason = %e, "refused a certificate request");
+                                ServerMessage::CertifyRefused { reason: e.to_string() }
+                            }
+                        },
+                        _ => ServerMessage::CertifyRefused {
+                            reason: "this controller runs no identity CA (start it with --identity-dir)".into(),
+                        },
+                    };
+                    send(&mut conn, &answer).await?;
+                }
             },
             Some((key, published)) = subscriptions.next(), if !subscriptions.is_empty() => {
                 let delta = match (&published.delta, sent.get(&key)) {
@@ -154,4 +244,45 @@ async fn connection(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::token::AUDIENCE;
+    use smidge_protocol::ProxyId;
+
+    fn authority() -> (tempfile::TempDir, Authority) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::identity::generate(dir.path(), "cluster.local").expect("generate");
+        let trust = crate::identity::Trust::load(dir.path()).expect("load");
+        let a = Authority::new(trust, "cluster.local", Duration::from_secs(60)).expect("authority");
+        (dir, a)
+    }
+
+    fn proxy(sa: &str) -> ProxyId {
+        ProxyId {
+            namespace: "shop".into(),
+            pod: "p".into(),
+            service_account: sa.into(),
+        }
+    }
+
+    #[test]
+    fn a_token_is_admitted_only_for_the_proxy_it_names() {
+        let (_d, a) = authority();
+        let token = a.token_key.sign(&Claims {
+            ns: "shop".into(),
+            sa: "storefront".into(),
+            pod: "p".into(),
+            aud: AUDIENCE.into(),
+            exp: unix_now() + 60,
+        });
+        assert!(admit(&a, &proxy("storefront"), Some(&token)).is_ok());
+        // Replayed by a proxy claiming another ServiceAccount.
+        let e = admit(&a, &proxy("checkout"), Some(&token)).expect_err("replay");
+        assert!(e.contains("the token proves shop/storefront"), "{e}");
+        assert!(!e.contains(&token), "the reason leaks the token");
+        assert!(admit(&a, &proxy("storefront"), None).is_err());
+    }
 }

@@ -2,16 +2,42 @@
 //! exponential backoff and jitter, keeping every view it had.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use smidge_protocol::{ClientMessage, FrameCodec, ProxyId, ServerMessage, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 use super::{Command, Discovery};
+use crate::identity::MeshIdentity;
+
+/// TLS to the controller, and what the proxy proves itself with.
+#[derive(Clone)]
+pub struct ControlTls {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The DNS name in the controller's certificate.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub token: String,
+    /// Certificates for the data path.
+    pub identity: Arc<MeshIdentity>,
+}
+
+impl std::fmt::Debug for ControlTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Where the controller is and how patiently to talk to it.
 #[derive(Clone, Debug)]
@@ -22,9 +48,14 @@ pub struct ClientConfig {
     pub idle_after: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// `None`: plaintext, no token, no certificates (a controller without identity).
+    pub tls: Option<ControlTls>,
 }
 
-type Conn = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
+type Conn = Framed<Box<dyn Io>, FrameCodec<ServerMessage, ClientMessage>>;
+
+/// How long to wait before asking again after a refused or unanswered certificate request.
+const CERTIFY_RETRY: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(
     discovery: Discovery,
@@ -75,10 +106,23 @@ async fn session(
     .context("connect timed out")?
     .context("connect")?;
     stream.set_nodelay(true)?;
-    let mut conn: Conn = Framed::new(stream, FrameCodec::default());
+    let io: Box<dyn Io> = match &config.tls {
+        Some(tls) => Box::new(
+            tokio::time::timeout(
+                config.connect_timeout,
+                tls.connector.connect(tls.server_name.clone(), stream),
+            )
+            .await
+            .context("TLS handshake timed out")?
+            .context("TLS handshake with the controller")?,
+        ),
+        None => Box::new(stream),
+    };
+    let mut conn: Conn = Framed::new(io, FrameCodec::default());
     conn.send(ClientMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         proxy: proxy.clone(),
+        token: config.tls.as_ref().map(|t| t.token.clone()),
     })
     .await?;
     match tokio::time::timeout(config.connect_timeout, conn.next()).await {
@@ -99,8 +143,29 @@ async fn session(
         conn.feed(ClientMessage::Subscribe(key)).await?;
     }
     conn.flush().await?;
+    let identity = config.tls.as_ref().map(|t| t.identity.clone());
+    let mut certify_at = identity.as_ref().map(|i| i.renew_at());
     Ok(Ended::Lost(loop {
+        let certify = async {
+            match certify_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = certify => {
+                let Some(id) = &identity else { continue };
+                match id.csr() {
+                    Ok(csr) => {
+                        tracing::debug!("asking for a certificate");
+                        if let Err(e) = conn.send(ClientMessage::Certify { csr }).await {
+                            break e.into();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot make a certificate request"),
+                }
+                certify_at = Some(std::time::Instant::now() + CERTIFY_RETRY);
+            }
             cmd = commands.recv() => {
                 let msg = match cmd {
                     Some(Command::Subscribe(k)) => ClientMessage::Subscribe(k),
@@ -124,6 +189,29 @@ async fn session(
                                 ClientMessage::Nack { key, version, reason }
                             }
                         }
+                    }
+                    Some(Ok(ServerMessage::Certified { chain, not_after })) => {
+                        if let Some(id) = &identity {
+                            match id.install(chain, not_after) {
+                                Ok(()) => {
+                                    id.renewals.fetch_add(1, Ordering::Relaxed);
+                                    tracing::info!(not_after, "certificate in use");
+                                    certify_at = Some(id.renew_at());
+                                }
+                                Err(e) => {
+                                    id.failures.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(error = %e, "cannot use the issued certificate");
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Ok(ServerMessage::CertifyRefused { reason })) => {
+                        if let Some(id) = &identity {
+                            id.failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(%reason, "the controller refused a certificate; keeping the current one");
+                        continue;
                     }
                     Some(Ok(other)) => {
                         tracing::warn!(message = ?other, "unexpected message from the controller");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use smidge_protocol::{ProxyId, ViewKey};
 use tokio::sync::{mpsc, watch};
 
-pub use client::ClientConfig;
+pub use client::{ClientConfig, ControlTls};
 pub use state::ViewState;
 
 /// A handle to the views this proxy uses. Cheap to clone.
@@ -210,6 +210,7 @@ mod tests {
                 idle_after: Duration::from_secs(3600),
                 backoff_min: Duration::from_secs(60),
                 backoff_max: Duration::from_secs(60),
+                tls: None,
             },
             ProxyId {
                 namespace: "ns".into(),

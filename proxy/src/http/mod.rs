@@ -41,6 +41,74 @@ pub const DENIED_HEADER: &str = "smidge-denied";
 /// The header naming why the proxy could not forward a request.
 pub const ERROR_HEADER: &str = "smidge-error";
 
+/// Carries the HTTP/1 version of a request that crosses the mesh as HTTP/2.
+pub const ORIG_PROTO_HEADER: &str = "smidge-orig-proto";
+
+/// Turns an HTTP/1 request into HTTP/2 for the hop between proxies, keeping what the app sent:
+/// the authority (from Host), the path, and the original version in a header.
+pub fn to_mesh_h2<B>(req: &mut Request<B>, fallback: std::net::SocketAddr) {
+    let orig = match req.version() {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| fallback.to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Ok(uri) = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path.as_str())
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(http::header::HOST);
+    req.headers_mut().remove(http::header::TE);
+    req.headers_mut()
+        .insert(ORIG_PROTO_HEADER, HeaderValue::from_static(orig));
+    *req.version_mut() = http::Version::HTTP_2;
+}
+
+/// Undoes [`to_mesh_h2`] before the request reaches the app.
+pub fn from_mesh_h2<B>(req: &mut Request<B>) {
+    let Some(orig) = req.headers_mut().remove(ORIG_PROTO_HEADER) else {
+        return;
+    };
+    *req.version_mut() = if orig.as_bytes() == b"HTTP/1.0" {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    };
+    if let Some(authority) = req.uri().authority().map(|a| a.to_string()) {
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+}
+
 /// Whether the request asks to switch protocols (WebSocket and friends).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(UPGRADE)
@@ -107,6 +175,27 @@ impl<B> RequestHead for Head<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http1_request_crosses_as_h2_and_comes_back_as_it_was() {
+        let mut req = Request::get("/a?b=c")
+            .header("host", "web.shop:80")
+            .body(())
+            .expect("request");
+        let fallback = "10.0.0.1:80".parse().expect("addr");
+        to_mesh_h2(&mut req, fallback);
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        assert_eq!(req.uri().to_string(), "http://web.shop:80/a?b=c");
+        assert!(req.headers().get("host").is_none());
+        from_mesh_h2(&mut req);
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert_eq!(req.uri().to_string(), "/a?b=c");
+        assert_eq!(
+            req.headers().get("host").map(|h| h.as_bytes()),
+            Some(&b"web.shop:80"[..])
+        );
+        assert!(req.headers().get(ORIG_PROTO_HEADER).is_none());
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_upgrades_keep_theirs() {

@@ -21,6 +21,8 @@ pub struct Labels {
     pub route: String,
     pub src_identity: String,
     pub dst_identity: String,
+    /// Whether the request crossed mesh mTLS.
+    pub tls: bool,
 }
 
 /// Adds [`Observe`] around a service.
@@ -90,7 +92,7 @@ where
                     status_class: status_class(resp.status().as_u16()),
                     src_identity: labels.src_identity,
                     dst_identity: labels.dst_identity,
-                    tls: "false",
+                    tls: if labels.tls { "true" } else { "false" },
                 })
                 .inc();
             Ok(resp)

@@ -11,8 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::pool::{ForwardError, Pool};
-use super::{is_upgrade, stream, strip_hop_by_hop, Body};
+use super::pool::{ForwardError, Pool, Target};
+use super::{is_upgrade, stream, strip_hop_by_hop, to_mesh_h2, Body};
 use crate::net::detect::Protocol;
 
 /// Serves one client connection in the detected HTTP version until it closes.
@@ -44,17 +44,24 @@ where
     }
 }
 
-/// Forwards one request to `addr`, streaming both bodies; a protocol upgrade the upstream
-/// accepts is spliced through once both sides have switched.
+/// Forwards one request to `target`, streaming both bodies; a protocol upgrade the upstream
+/// accepts is spliced through once both sides have switched. HTTP/1 requests to a meshed peer
+/// travel as HTTP/2 over the mTLS connection (multiplexed) and are turned back on the other side.
 pub async fn forward(
     pool: &Arc<Pool>,
-    addr: SocketAddr,
+    target: &Target,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
+    let addr: SocketAddr = target.addr;
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    let version = req.version();
+    if target.peer.is_some() && !upgrade && version != http::Version::HTTP_2 {
+        to_mesh_h2(&mut req, addr);
+    }
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = pool.send(addr, req).await?;
+    let mut resp = pool.send(target, req).await?;
+    *resp.version_mut() = version;
     match downstream {
         Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let upstream = hyper::upgrade::on(&mut resp);

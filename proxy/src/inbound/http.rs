@@ -13,10 +13,12 @@ use hyper::body::Incoming;
 use smidge_protocol::Identity;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::Caller;
 use crate::ctx::Ctx;
 use crate::http::observe::{Labels, ObserveLayer};
+use crate::http::pool::Target;
 use crate::http::serve::forward;
-use crate::http::{local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
+use crate::http::{from_mesh_h2, local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
 use crate::metrics::DenyLabels;
 use crate::net::detect::Protocol;
 
@@ -25,8 +27,8 @@ pub async fn serve<I>(
     io: I,
     protocol: Protocol,
     dst: SocketAddr,
-    app: SocketAddr,
-    client: Option<Identity>,
+    app: Target,
+    caller: Caller,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -34,7 +36,9 @@ pub async fn serve<I>(
         ctx: ctx.clone(),
         dst,
         app,
-        client: client.map(Arc::new),
+        src_label: caller.label(&ctx),
+        tls: caller.tls,
+        client: caller.identity.map(Arc::new),
     };
     let service = tower::ServiceBuilder::new()
         .layer(ObserveLayer::new(ctx.metrics.clone(), "inbound"))
@@ -49,7 +53,9 @@ pub async fn serve<I>(
 struct Authorize {
     ctx: Arc<Ctx>,
     dst: SocketAddr,
-    app: SocketAddr,
+    app: Target,
+    src_label: String,
+    tls: bool,
     client: Option<Arc<Identity>>,
 }
 
@@ -64,27 +70,33 @@ impl tower::Service<Request<Incoming>> for Authorize {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let ctx = self.ctx.clone();
-        let app = self.app;
+        let app = self.app.clone();
         let port = self.dst.port();
         let client = self.client.clone();
+        let tls = self.tls;
         let mut labels = Labels {
             authority: self.dst.to_string(),
-            src_identity: client
-                .as_deref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            dst_identity: ctx.identity.to_string(),
+            src_identity: self.src_label.clone(),
+            dst_identity: match &ctx.mesh {
+                Some(m) => smidge_protocol::names::spiffe_id(&m.trust_domain, &ctx.identity),
+                None => ctx.identity.to_string(),
+            },
+            tls,
             ..Labels::default()
         };
+        let mut req = req;
+        if tls {
+            from_mesh_h2(&mut req);
+        }
         let decision = super::decide(&ctx, client.as_deref(), port, Some(&Head(&req)));
         Box::pin(async move {
             let mut resp = match decision {
                 Ok(by) => {
                     labels.route = by;
-                    match forward(&ctx.pool, app, req).await {
+                    match forward(&ctx.pool, &app, req).await {
                         Ok(resp) => resp,
                         Err(e) => {
-                            tracing::info!(%app, error = %e, "inbound request failed");
+                            tracing::info!(app = %app.addr, error = %e, "inbound request failed");
                             local_response(StatusCode::BAD_GATEWAY, ERROR_HEADER, "app-unreachable")
                         }
                     }

@@ -3,6 +3,7 @@
 
 mod http;
 pub mod identity;
+mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::ctx::Ctx;
 use crate::discovery::ViewState;
+use crate::http::pool::Target;
 use crate::metrics::{DenyLabels, TcpLabels};
 use crate::net::detect::{detect, Protocol};
 use crate::net::orig_dst::original_dst;
@@ -33,8 +35,10 @@ pub async fn accept(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     let _ = stream.set_nodelay(true);
-    let app = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port());
-    let client = ctx.peers.identify(peer).await;
+    let app = Target {
+        addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port()),
+        peer: None,
+    };
     let mut stream = stream;
     let protocol = if ctx.settings.opaque_ports.contains(&dst.port()) {
         None
@@ -54,33 +58,83 @@ pub async fn accept(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     let (protocol, prefix) = protocol.unwrap_or((Protocol::Opaque, bytes::Bytes::new()));
-    let io = PrefixedIo::new(prefix, stream);
-    match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            http::serve(ctx, io, protocol, dst, app, client).await;
-        }
-        Protocol::Opaque => {
-            if let Err(reason) = decide(&ctx, client.as_ref(), dst.port(), None) {
-                ctx.metrics
-                    .denied
-                    .get_or_create(&DenyLabels {
-                        reason,
-                        src_identity: client.map(|c| c.to_string()).unwrap_or_default(),
-                        port: dst.port(),
-                        protocol: "tcp",
-                    })
-                    .inc();
-                tracing::info!(%peer, port = dst.port(), reason, "TCP connection denied");
-                return;
-            }
-            let labels = TcpLabels {
-                direction: "inbound",
-                authority: dst.to_string(),
-                protocol: "opaque",
-            };
-            crate::tcp::forward(&ctx.metrics, labels, io, app, ctx.settings.connect_timeout).await;
+    if protocol == Protocol::Tls {
+        if let Some(mesh) = ctx.mesh.clone() {
+            return tls::accept(ctx, mesh, stream, prefix, peer, dst, app).await;
         }
     }
+    let client = plaintext_caller(&ctx, peer).await;
+    let io = PrefixedIo::new(prefix, stream);
+    let caller = Caller {
+        identity: client,
+        tls: false,
+    };
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            http::serve(ctx, io, protocol, dst, app, caller).await;
+        }
+        Protocol::Opaque | Protocol::Tls => opaque(&ctx, io, dst, &app, caller).await,
+    }
+}
+
+/// Who called, and how they proved it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Option<Identity>,
+    /// The identity came from a verified mesh certificate.
+    pub tls: bool,
+}
+
+impl Caller {
+    /// The identity as metrics spell it: the SPIFFE ID for certificate identities.
+    pub fn label(&self, ctx: &Ctx) -> String {
+        match (&self.identity, &ctx.mesh) {
+            (Some(id), Some(mesh)) if self.tls => {
+                smidge_protocol::names::spiffe_id(&mesh.trust_domain, id)
+            }
+            (Some(id), _) => id.to_string(),
+            (None, _) => String::new(),
+        }
+    }
+}
+
+/// The identity of a plaintext caller: none when the mesh runs mTLS (an un-meshed client is
+/// never given one); by source address in a mesh without identity.
+async fn plaintext_caller(ctx: &Ctx, peer: SocketAddr) -> Option<Identity> {
+    if ctx.mesh.is_some() {
+        None
+    } else {
+        ctx.peers.identify(peer).await
+    }
+}
+
+/// Authorizes an opaque TCP connection once, then forwards it to the app.
+async fn opaque<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ctx: &Arc<Ctx>,
+    io: I,
+    dst: SocketAddr,
+    app: &Target,
+    caller: Caller,
+) {
+    if let Err(reason) = decide(ctx, caller.identity.as_ref(), dst.port(), None) {
+        ctx.metrics
+            .denied
+            .get_or_create(&DenyLabels {
+                reason,
+                src_identity: caller.label(ctx),
+                port: dst.port(),
+                protocol: "tcp",
+            })
+            .inc();
+        tracing::info!(port = dst.port(), reason, caller = %caller.label(ctx), "TCP connection denied");
+        return;
+    }
+    let labels = TcpLabels {
+        direction: "inbound",
+        authority: dst.to_string(),
+        protocol: if caller.tls { "mtls" } else { "opaque" },
+    };
+    crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, app).await;
 }
 
 /// The current policy's decision; `Err` carries the reason to name.

@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub enum Protocol {
     Http1,
     Http2,
+    /// A TLS ClientHello: mesh mTLS when it names this proxy, else the app's own TLS.
+    Tls,
     /// Anything else, including a client that waits for the server to speak first.
     Opaque,
 }
@@ -20,6 +22,7 @@ impl Protocol {
         match self {
             Protocol::Http1 => "http/1",
             Protocol::Http2 => "h2",
+            Protocol::Tls => "tls",
             Protocol::Opaque => "opaque",
         }
     }
@@ -36,6 +39,14 @@ pub fn classify(buf: &[u8], max: usize) -> Option<Protocol> {
     }
     if buf.starts_with(H2_PREFACE) {
         return Some(Protocol::Http2);
+    }
+    // A TLS handshake record: content type 22, version 3.x.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => None,
+            Some(3) => Some(Protocol::Tls),
+            Some(_) => Some(Protocol::Opaque),
+        };
     }
     let could_be_h2 = H2_PREFACE.starts_with(buf);
     match request_line(buf) {
@@ -138,7 +149,8 @@ mod tests {
 
     #[test]
     fn other_bytes_are_opaque_as_soon_as_they_cannot_be_http() {
-        assert_eq!(classify(b"\x16\x03\x01", MAX), Some(Protocol::Opaque));
+        assert_eq!(classify(b"\x16\x03\x01", MAX), Some(Protocol::Tls));
+        assert_eq!(classify(b"\x16\x07", MAX), Some(Protocol::Opaque));
         assert_eq!(classify(b"hello world\n", MAX), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET / SMTP/1.1\r\n", MAX), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET / HTTP/2.0\r\n", MAX), Some(Protocol::Opaque));

@@ -3,3 +3,10 @@
 pub mod detect;
 pub mod orig_dst;
 pub mod prefixed;
+
+/// A byte stream the proxy can forward over: plain TCP or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed [`Io`].
+pub type BoxIo = Box<dyn Io>;

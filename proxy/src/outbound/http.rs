@@ -76,16 +76,19 @@ async fn route(
 ) -> Response<Body> {
     let mut labels = Labels {
         authority: dst.to_string(),
-        src_identity: ctx.identity.to_string(),
+        src_identity: match &ctx.mesh {
+            Some(m) => smidge_protocol::names::spiffe_id(&m.trust_domain, &ctx.identity),
+            None => ctx.identity.to_string(),
+        },
         ..Labels::default()
     };
     let ready = match state {
         ViewState::Ready(r) => r,
         // The Service left the mesh while this connection was open: as an un-meshed pod would.
-        _ => return send(&ctx, dst, req, labels, None).await,
+        _ => return send(&ctx, ctx.pool.target(dst, None), req, labels, None).await,
     };
     let Compiled::Outbound(routes) = &ready.compiled else {
-        return send(&ctx, dst, req, labels, None).await;
+        return send(&ctx, ctx.pool.target(dst, None), req, labels, None).await;
     };
     labels.authority = routes.service.clone();
     let Some(route) = routes.route_request(&Head(&req)) else {
@@ -115,26 +118,32 @@ async fn route(
             labels,
         );
     };
-    labels.dst_identity = backend
+    let peer = backend
         .endpoints
         .iter()
         .find(|e| e.addr == addr)
-        .and_then(|e| e.identity.as_ref())
-        .map(ToString::to_string)
-        .unwrap_or_default();
+        .and_then(|e| e.identity.as_ref());
+    let target = ctx.pool.target(addr, peer);
+    labels.dst_identity = match (&target.peer, &ctx.mesh, peer) {
+        (Some(p), Some(m), _) => smidge_protocol::names::spiffe_id(&m.trust_domain, p),
+        (_, _, Some(p)) => p.to_string(),
+        _ => String::new(),
+    };
+    labels.tls = target.peer.is_some();
     let in_flight = load.start();
     drop(ready);
-    send(&ctx, addr, req, labels, Some(in_flight)).await
+    send(&ctx, target, req, labels, Some(in_flight)).await
 }
 
 async fn send(
     ctx: &Arc<Ctx>,
-    addr: SocketAddr,
+    target: crate::http::pool::Target,
     req: Request<Incoming>,
     labels: Labels,
     in_flight: Option<crate::balance::InFlight>,
 ) -> Response<Body> {
-    let resp = match forward(&ctx.pool, addr, req).await {
+    let addr = target.addr;
+    let resp = match forward(&ctx.pool, &target, req).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::info!(%addr, error = %e, "outbound request failed");

@@ -59,7 +59,8 @@ pub async fn accept(ctx: Arc<Ctx>, stream: TcpStream) {
     tracing::debug!(%dst, protocol = protocol.as_str(), "outbound connection");
     let io = PrefixedIo::new(prefix, stream);
     match protocol {
-        Protocol::Opaque => tcp::balanced(&ctx, io, dst, &rx).await,
+        // The app's own TLS is opaque to the proxy.
+        Protocol::Opaque | Protocol::Tls => tcp::balanced(&ctx, io, dst, &rx).await,
         Protocol::Http1 | Protocol::Http2 => http::serve(ctx, io, protocol, dst, rx).await,
     }
 }

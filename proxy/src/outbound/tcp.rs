@@ -22,7 +22,19 @@ pub async fn passthrough<I: AsyncRead + AsyncWrite + Unpin>(
         authority: dst.to_string(),
         protocol: "passthrough",
     };
-    crate::tcp::forward(&ctx.metrics, labels, io, dst, ctx.settings.connect_timeout).await;
+    let target = ctx.pool.target(dst, None);
+    // A meshed peer on a port that skips detection is reached through its proxy's inbound
+    // port, so its side needs no detection either.
+    if target.peer.is_some() && ctx.settings.opaque_ports.contains(&dst.port()) {
+        let port = target.addr.port();
+        let via = crate::http::pool::Target {
+            addr: std::net::SocketAddr::new(target.addr.ip(), ctx.settings.peer_inbound_port),
+            peer: target.peer.clone(),
+        };
+        crate::tcp::forward_with(&ctx.metrics, labels, io, &ctx.pool, &via, Some(port)).await;
+        return;
+    }
+    crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, &target).await;
 }
 
 /// Forwards to an endpoint of the Service's TCP route.
@@ -42,15 +54,16 @@ pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin>(
     let chosen = routes.route_connection().and_then(|route| {
         let total = total_weight(&route.targets);
         let backend = pick_weighted(&route.targets, fastrand::u64(..total.max(1)))?;
-        let addrs: Vec<SocketAddr> = routes
-            .backend(backend)?
-            .endpoints
+        let endpoints = &routes.backend(backend)?.endpoints;
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+        let (addr, load) = ctx.loads.pick(&addrs)?;
+        let peer = endpoints
             .iter()
-            .map(|e| e.addr)
-            .collect();
-        ctx.loads.pick(&addrs)
+            .find(|e| e.addr == addr)
+            .and_then(|e| e.identity.as_ref());
+        Some((ctx.pool.target(addr, peer), load))
     });
-    let Some((addr, load)) = chosen else {
+    let Some((target, load)) = chosen else {
         tracing::info!(%dst, service = %routes.service, "no endpoint for a TCP connection; closing it");
         return;
     };
@@ -60,5 +73,16 @@ pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin>(
         authority: routes.service.clone(),
         protocol: "opaque",
     };
-    crate::tcp::forward(&ctx.metrics, labels, io, addr, ctx.settings.connect_timeout).await;
+    // A meshed peer on a port that skips detection is reached through its proxy's inbound
+    // port, so its side needs no detection either.
+    if target.peer.is_some() && ctx.settings.opaque_ports.contains(&dst.port()) {
+        let port = target.addr.port();
+        let via = crate::http::pool::Target {
+            addr: std::net::SocketAddr::new(target.addr.ip(), ctx.settings.peer_inbound_port),
+            peer: target.peer.clone(),
+        };
+        crate::tcp::forward_with(&ctx.metrics, labels, io, &ctx.pool, &via, Some(port)).await;
+        return;
+    }
+    crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, &target).await;
 }
