@@ -63,6 +63,14 @@ struct Args {
     /// Lifetime of proxy certificates.
     #[arg(long, default_value = "86400")]
     cert_lifetime_secs: u64,
+    /// Trust material from a Kubernetes Secret `NAMESPACE/NAME` (keys ca.crt, issuer.crt,
+    /// issuer.key, token.key) instead of --identity-dir.
+    #[arg(long, conflicts_with = "identity_dir")]
+    identity_secret: Option<String>,
+    /// Check proxy tokens with the Kubernetes TokenReview API (projected ServiceAccount tokens
+    /// bound to the `smidge-identity` audience and a pod) instead of local tokens.
+    #[arg(long)]
+    token_review: bool,
     /// The DNS name in the controller's own certificate, which proxies check.
     #[arg(long, default_value = "smidge-controller")]
     identity_name: String,
@@ -92,10 +100,49 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let secured = match &args.identity_dir {
-        Some(dir) => {
-            let trust = smidge_controller::identity::Trust::load(dir)
-                .with_context(|| format!("--identity-dir {}", dir.display()))?;
+    let kube_client = if args.identity_secret.is_some() || args.token_review {
+        Some(kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API (for --identity-secret or --token-review)",
+        )?)
+    } else {
+        None
+    };
+    let trust = match (&args.identity_dir, &args.identity_secret, &kube_client) {
+        (Some(dir), _, _) => Some(
+            smidge_controller::identity::Trust::load(dir)
+                .with_context(|| format!("--identity-dir {}", dir.display()))?,
+        ),
+        (None, Some(secret), Some(client)) => {
+            let (ns, name) = secret
+                .split_once('/')
+                .context("--identity-secret must be NAMESPACE/NAME")?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(client.clone(), ns);
+            let found = api
+                .get(name)
+                .await
+                .with_context(|| format!("reading Secret {secret}"))?;
+            let data = found.data.unwrap_or_default();
+            Some(
+                smidge_controller::identity::Trust::from_source(
+                    &smidge_controller::identity::trust::SecretData {
+                        name: secret.clone(),
+                        data: &data,
+                    },
+                )
+                .with_context(|| format!("--identity-secret {secret}"))?,
+            )
+        }
+        _ => None,
+    };
+    let secured = match trust {
+        Some(trust) => {
+            let proof = match (&kube_client, args.token_review) {
+                (Some(client), true) => smidge_controller::identity::Proof::Kubernetes(
+                    smidge_controller::identity::TokenReviewer::new(client.clone()),
+                ),
+                _ => smidge_controller::identity::Proof::Local(trust.token_key.clone()),
+            };
             let authority = Arc::new(smidge_controller::identity::Authority::new(
                 trust,
                 &args.trust_domain,
@@ -103,9 +150,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )?);
             let tls =
                 tokio_rustls::TlsAcceptor::from(authority.server_config(&args.identity_name)?);
-            Some(Arc::new(server::Secured { authority, tls }))
+            Some(Arc::new(server::Secured {
+                authority,
+                tls,
+                proof: Arc::new(proof),
+            }))
         }
         None => {
+            if args.token_review {
+                anyhow::bail!(
+                    "--token-review needs trust material (--identity-dir or --identity-secret)"
+                );
+            }
             tracing::warn!("no --identity-dir: the control channel is plaintext and proxies get no certificates");
             None
         }

@@ -34,6 +34,7 @@ pub enum TokenError {
 }
 
 /// The key tokens are signed and checked with.
+#[derive(Clone)]
 pub struct TokenKey {
     key: hmac::Key,
 }

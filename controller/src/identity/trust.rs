@@ -1,7 +1,7 @@
 //! Trust material: the trust anchor (root), the issuer that signs proxy certificates, and the
 //! token key. Read from a directory (a mounted Secret in a cluster); `generate` makes a fresh set.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -21,12 +21,59 @@ pub const TOKEN_KEY_FILE: &str = "token.key";
 /// Why trust material cannot be used; names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("{}: {reason}", path.display())]
-    File { path: PathBuf, reason: String },
-    #[error("{}: not signed by the trust anchor in {}", issuer.display(), anchor.display())]
-    NotSignedByAnchor { issuer: PathBuf, anchor: PathBuf },
-    #[error("{}: this key does not belong to the certificate in {}", key.display(), cert.display())]
-    KeyMismatch { key: PathBuf, cert: PathBuf },
+    /// `location` is a file path or `Secret ns/name key K`.
+    #[error("{location}: {reason}")]
+    File { location: String, reason: String },
+    #[error("{issuer}: not signed by the trust anchor in {anchor}")]
+    NotSignedByAnchor { issuer: String, anchor: String },
+    #[error("{key}: this key does not belong to the certificate in {cert}")]
+    KeyMismatch { key: String, cert: String },
+}
+
+/// Where trust material comes from: files in a directory, or the data of a Secret.
+pub trait Source {
+    /// The text stored under `name` (`ca.crt`, ...).
+    fn read(&self, name: &str) -> Result<String, TrustError>;
+    /// How errors name `name`.
+    fn location(&self, name: &str) -> String;
+}
+
+/// A directory of files.
+pub struct Dir<'a>(pub &'a Path);
+
+impl Source for Dir<'_> {
+    fn read(&self, name: &str) -> Result<String, TrustError> {
+        let path = self.0.join(name);
+        std::fs::read_to_string(&path).map_err(|e| TrustError::File {
+            location: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+    fn location(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+/// The `data` of a Kubernetes Secret.
+pub struct SecretData<'a> {
+    pub name: String,
+    pub data: &'a std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+}
+
+impl Source for SecretData<'_> {
+    fn read(&self, name: &str) -> Result<String, TrustError> {
+        let bytes = self.data.get(name).ok_or_else(|| TrustError::File {
+            location: self.location(name),
+            reason: "no such key in the Secret".into(),
+        })?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| TrustError::File {
+            location: self.location(name),
+            reason: "not UTF-8 text".into(),
+        })
+    }
+    fn location(&self, name: &str) -> String {
+        format!("Secret {} key {name}", self.name)
+    }
 }
 
 /// Loaded, checked trust material.
@@ -41,20 +88,18 @@ pub struct Trust {
     pub token_key: TokenKey,
 }
 
-fn file_err(path: &Path, reason: impl std::fmt::Display) -> TrustError {
+fn file_err(location: &str, reason: impl std::fmt::Display) -> TrustError {
     TrustError::File {
-        path: path.to_path_buf(),
+        location: location.to_string(),
         reason: reason.to_string(),
     }
 }
 
-fn read(path: &Path) -> Result<String, TrustError> {
-    std::fs::read_to_string(path).map_err(|e| file_err(path, e))
-}
-
 /// A PEM certificate that must be a CA and valid now: its DER.
-fn ca_cert(path: &Path, now: i64) -> Result<(String, Vec<u8>), TrustError> {
-    let pem_text = read(path)?;
+fn ca_cert(source: &dyn Source, name: &str, now: i64) -> Result<(String, Vec<u8>), TrustError> {
+    let path = source.location(name);
+    let path = path.as_str();
+    let pem_text = source.read(name)?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
         .map_err(|e| file_err(path, format!("not a PEM certificate: {e}")))?;
     let (_, cert) = X509Certificate::from_der(&pem.contents)
@@ -79,14 +124,19 @@ impl Trust {
     /// Reads and checks `dir`: every file present, certificates current, the issuer signed by
     /// the anchor, the key matching the issuer.
     pub fn load(dir: &Path) -> Result<Trust, TrustError> {
+        Self::from_source(&Dir(dir))
+    }
+
+    /// Like [`load`](Self::load), from any [`Source`] (a Secret's data, say).
+    pub fn from_source(source: &dyn Source) -> Result<Trust, TrustError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let anchor_path = dir.join(ANCHOR_FILE);
-        let issuer_path = dir.join(ISSUER_CERT_FILE);
-        let key_path = dir.join(ISSUER_KEY_FILE);
-        let token_path = dir.join(TOKEN_KEY_FILE);
-        let (anchor_pem, anchor_der) = ca_cert(&anchor_path, now)?;
-        let (issuer_pem, issuer_der) = ca_cert(&issuer_path, now)?;
-        let issuer_key = KeyPair::from_pem(&read(&key_path)?)
+        let anchor_path = source.location(ANCHOR_FILE);
+        let issuer_path = source.location(ISSUER_CERT_FILE);
+        let key_path = source.location(ISSUER_KEY_FILE);
+        let token_path = source.location(TOKEN_KEY_FILE);
+        let (anchor_pem, anchor_der) = ca_cert(source, ANCHOR_FILE, now)?;
+        let (issuer_pem, issuer_der) = ca_cert(source, ISSUER_CERT_FILE, now)?;
+        let issuer_key = KeyPair::from_pem(&source.read(ISSUER_KEY_FILE)?)
             .map_err(|e| file_err(&key_path, format!("not a PEM private key: {e}")))?;
         let issuer_not_after = {
             let (_, anchor) =
@@ -108,7 +158,7 @@ impl Trust {
             issuer.validity().not_after.timestamp()
         };
         let token_secret = B64
-            .decode(read(&token_path)?.trim())
+            .decode(source.read(TOKEN_KEY_FILE)?.trim())
             .map_err(|e| file_err(&token_path, format!("not base64: {e}")))?;
         let token_key = TokenKey::new(&token_secret).map_err(|e| file_err(&token_path, e))?;
         Ok(Trust {
@@ -205,6 +255,40 @@ mod tests {
         assert!(
             generate(dir.path(), "cluster.local").is_err(),
             "overwrote a set"
+        );
+    }
+
+    #[test]
+    fn a_secret_holds_the_same_set_and_a_missing_key_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        generate(dir.path(), "cluster.local").expect("generate");
+        let mut data = std::collections::BTreeMap::new();
+        for name in [
+            ANCHOR_FILE,
+            ISSUER_CERT_FILE,
+            ISSUER_KEY_FILE,
+            TOKEN_KEY_FILE,
+        ] {
+            let bytes = std::fs::read(dir.path().join(name)).expect("read");
+            data.insert(name.to_string(), k8s_openapi::ByteString(bytes));
+        }
+        let name = || "smidge-system/smidge-identity".to_string();
+        Trust::from_source(&SecretData {
+            name: name(),
+            data: &data,
+        })
+        .expect("from the Secret");
+        data.remove(ISSUER_KEY_FILE);
+        let e = Trust::from_source(&SecretData {
+            name: name(),
+            data: &data,
+        })
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            e.contains("Secret smidge-system/smidge-identity key issuer.key"),
+            "{e}"
         );
     }
 

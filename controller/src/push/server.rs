@@ -16,12 +16,14 @@ use tokio_stream::StreamMap;
 use tokio_util::codec::Framed;
 
 use super::registry::Registry;
-use crate::identity::{Authority, Claims};
+use crate::identity::{Authority, Claims, Proof};
 
 /// The identity side of the push server: TLS for the channel, tokens, certificates.
 pub struct Secured {
     pub authority: Arc<Authority>,
     pub tls: tokio_rustls::TlsAcceptor,
+    /// How tokens in Hello are checked.
+    pub proof: Arc<Proof>,
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +43,15 @@ pub async fn serve(
         tokio::spawn(async move {
             let result = match secured {
                 Some(s) => match tokio::time::timeout(HELLO_TIMEOUT, s.tls.accept(stream)).await {
-                    Ok(Ok(tls)) => connection(tls, peer, registry, Some(s.authority.clone())).await,
+                    Ok(Ok(tls)) => {
+                        connection(
+                            tls,
+                            peer,
+                            registry,
+                            Some((s.authority.clone(), s.proof.clone())),
+                        )
+                        .await
+                    }
                     Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake: {e}")),
                     Err(_) => Err(anyhow::anyhow!("no TLS handshake within {HELLO_TIMEOUT:?}")),
                 },
@@ -63,16 +73,13 @@ fn unix_now() -> u64 {
 }
 
 /// Checks the token of a Hello against the proxy it names. The error never contains the token.
-fn admit(
-    authority: &Authority,
+async fn admit(
+    proof: &Proof,
     proxy: &smidge_protocol::ProxyId,
     token: Option<&str>,
 ) -> Result<Claims, String> {
     let token = token.ok_or("this controller requires a ServiceAccount token in Hello")?;
-    let claims = authority
-        .token_key
-        .verify(token, unix_now())
-        .map_err(|e| e.to_string())?;
+    let claims = proof.verify(token, unix_now()).await?;
     if claims.ns != proxy.namespace || claims.sa != proxy.service_account || claims.pod != proxy.pod
     {
         return Err(format!(
@@ -103,8 +110,9 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
     stream: IO,
     peer: SocketAddr,
     registry: Arc<Mutex<Registry>>,
-    authority: Option<Arc<Authority>>,
+    secured: Option<(Arc<Authority>, Arc<Proof>)>,
 ) -> anyhow::Result<()> {
+    let authority = secured.as_ref().map(|(a, _)| a.clone());
     let mut conn: Conn<IO> = Framed::new(stream, FrameCodec::default());
     let (proxy, token) = match tokio::time::timeout(HELLO_TIMEOUT, conn.next()).await {
         Ok(Some(Ok(ClientMessage::Hello {
@@ -139,8 +147,8 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
         Ok(None) => return Ok(()),
         Err(_) => anyhow::bail!("no Hello within {HELLO_TIMEOUT:?}"),
     };
-    let claims = match &authority {
-        Some(a) => match admit(a, &proxy, token.as_deref()) {
+    let claims = match &secured {
+        Some((_, proof)) => match admit(proof, &proxy, token.as_deref()).await {
             Ok(c) => Some(c),
             Err(reason) => {
                 tracing::warn!(%peer, namespace = %proxy.namespace, pod = %proxy.pod, service_account = %proxy.service_account, %reason, "refused a proxy");
@@ -268,9 +276,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_token_is_admitted_only_for_the_proxy_it_names() {
-        let (_d, a) = authority();
+    #[tokio::test]
+    async fn a_token_is_admitted_only_for_the_proxy_it_names() {
+        let (dir, a) = authority();
+        let proof = Proof::Local(
+            crate::identity::Trust::load(dir.path())
+                .expect("load")
+                .token_key,
+        );
         let token = a.token_key.sign(&Claims {
             ns: "shop".into(),
             sa: "storefront".into(),
@@ -278,11 +291,15 @@ mod tests {
             aud: AUDIENCE.into(),
             exp: unix_now() + 60,
         });
-        assert!(admit(&a, &proxy("storefront"), Some(&token)).is_ok());
+        assert!(admit(&proof, &proxy("storefront"), Some(&token))
+            .await
+            .is_ok());
         // Replayed by a proxy claiming another ServiceAccount.
-        let e = admit(&a, &proxy("checkout"), Some(&token)).expect_err("replay");
+        let e = admit(&proof, &proxy("checkout"), Some(&token))
+            .await
+            .expect_err("replay");
         assert!(e.contains("the token proves shop/storefront"), "{e}");
         assert!(!e.contains(&token), "the reason leaks the token");
-        assert!(admit(&a, &proxy("storefront"), None).is_err());
+        assert!(admit(&proof, &proxy("storefront"), None).await.is_err());
     }
 }
