@@ -9,3 +9,4 @@
 pub mod apps;
 pub mod mesh;
 pub mod netns;
+pub mod services;

@@ -183,6 +183,7 @@ impl Mesh {
         smidge_controller::identity::generate(&identity_dir, TRUST_DOMAIN)?;
         let trust = smidge_controller::identity::Trust::load(&identity_dir)?;
         let anchor = identity_dir.join(smidge_controller::identity::trust::ANCHOR_FILE);
+        apply_services(node.netns(), manifests)?;
         let mut mesh_pods = Vec::new();
         for spec in pods {
             let pod = node.add_pod(spec.name, spec.ip)?;
@@ -279,12 +280,13 @@ impl Mesh {
         self.start_controller(&bin)
     }
 
-    /// Replaces the manifests (atomically, as an editor's save or `kubectl apply` would).
+    /// Replaces the manifests (atomically, as an editor's save or `kubectl apply` would), and
+    /// the node's Service rules with them.
     pub fn write_manifests(&self, text: &str) -> anyhow::Result<()> {
         let tmp = self.manifests.with_extension("tmp");
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.manifests)?;
-        Ok(())
+        apply_services(self.node.netns(), text)
     }
 
     pub fn pod(&self, name: &str) -> &MeshPod {
@@ -338,6 +340,57 @@ impl Mesh {
         }
         Ok(body)
     }
+}
+
+/// Makes the node route ClusterIP traffic of un-meshed clients to the Services' endpoints.
+fn apply_services(node_netns: &str, manifests: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", node_netns])
+            .args(args)
+            .output()?)
+    };
+    let out = run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+    if !out.status.success() {
+        bail!(
+            "enabling forwarding in the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = crate::services::rules(&crate::services::frontends(manifests));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", node_netns, "iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("iptables-restore stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "Service rules in the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (builtin, ours) in [
+        ("PREROUTING", crate::services::SERVICES_CHAIN),
+        ("POSTROUTING", crate::services::POSTROUTING_CHAIN),
+    ] {
+        if !run(&["iptables", "-t", "nat", "-C", builtin, "-j", ours])?
+            .status
+            .success()
+        {
+            let out = run(&["iptables", "-t", "nat", "-A", builtin, "-j", ours])?;
+            if !out.status.success() {
+                bail!("jump to {ours}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` to completion on a fresh thread inside the pod's network namespace.

@@ -324,3 +324,22 @@ fn certificates_renew_while_requests_flow() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_unmeshed_client_reaches_a_service_but_never_has_an_identity() -> anyhow::Result<()> {
+    let mut mesh = start("plain", &manifests(1, 0, true), &[])?;
+    // A pod with neither proxy nor rules: the node's Service rules carry it, like kube-proxy.
+    let outsider = mesh
+        .node
+        .add_pod("outsider", Ipv4Addr::new(10, 88, 0, 15))?;
+    let a = in_pod(&outsider, || async {
+        H1::connect(web(80)).await?.get("web", "/").await
+    })??;
+    // It reached web's proxy in plaintext, so it has no identity for the TrafficTarget.
+    assert_eq!(a.status.as_u16(), 403, "{a:?}");
+    assert_eq!(
+        a.headers.get("smidge-denied").map(|v| v.as_bytes()),
+        Some(&b"unauthenticated"[..])
+    );
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! kube-proxy's part in the local cluster: a Service's ClusterIP:port reaches its ready endpoints
+//! for clients without a proxy (meshed clients never get here: their proxy routes by itself).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use smidge_controller::manifest::{read_file, Outcome};
+use smidge_controller::model::{Body, EndpointSet, Service};
+
+/// The chain holding one DNAT rule set per Service port.
+pub const SERVICES_CHAIN: &str = "SMIDGE-SERVICES";
+/// The chain that masquerades DNATed traffic, so replies come back through the node.
+pub const POSTROUTING_CHAIN: &str = "SMIDGE-POSTROUTING";
+
+/// One Service port and the ready endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub cluster_ip: IpAddr,
+    pub port: u16,
+    pub endpoints: Vec<(IpAddr, u16)>,
+}
+
+/// Every TCP Service port with a ClusterIP in `manifests`, and its ready endpoints. Pure.
+pub fn frontends(manifests: &str) -> Vec<Frontend> {
+    let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
+    let mut sets: BTreeMap<(String, String), Vec<EndpointSet>> = BTreeMap::new();
+    for (_, outcome) in read_file(manifests) {
+        let Outcome::Object { object, .. } = outcome else {
+            continue;
+        };
+        let ns = object.id.key.namespace.clone();
+        match object.body {
+            Body::Service(svc) => {
+                services.insert((ns, object.id.key.name.clone()), svc);
+            }
+            Body::Endpoints(set) => sets.entry((ns, set.service.clone())).or_default().push(set),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (key, svc) in &services {
+        for port in svc
+            .ports
+            .iter()
+            .filter(|p| p.protocol.eq_ignore_ascii_case("tcp"))
+        {
+            let mut endpoints: Vec<(IpAddr, u16)> = sets
+                .get(key)
+                .into_iter()
+                .flatten()
+                .flat_map(|set| {
+                    let target = set
+                        .ports
+                        .iter()
+                        .find(|(name, _)| *name == port.name)
+                        .map(|(_, p)| *p);
+                    set.endpoints
+                        .iter()
+                        .filter(|e| e.ready)
+                        .filter_map(move |e| target.map(|t| (e.ip, t)))
+                })
+                .collect();
+            endpoints.sort();
+            endpoints.dedup();
+            for ip in &svc.cluster_ips {
+                out.push(Frontend {
+                    cluster_ip: *ip,
+                    port: port.port,
+                    endpoints: endpoints.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The node's nat rules for `frontends`, for `iptables-restore --noflush` (IPv4 only). Each
+/// endpoint of an n-endpoint port is picked with probability 1/n, as kube-proxy does.
+pub fn rules(frontends: &[Frontend]) -> String {
+    let mut out = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n:{POSTROUTING_CHAIN} - [0:0]\n");
+    for f in frontends.iter().filter(|f| f.cluster_ip.is_ipv4()) {
+        let n = f.endpoints.len();
+        for (i, (ip, port)) in f.endpoints.iter().enumerate() {
+            let left = n - i;
+            let pick = if left > 1 {
+                format!(
+                    " -m statistic --mode random --probability {:.5}",
+                    1.0 / left as f64
+                )
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "-A {SERVICES_CHAIN} -d {}/32 -p tcp --dport {}{pick} -j DNAT --to-destination {ip}:{port}\n",
+                f.cluster_ip, f.port
+            ));
+        }
+        if n == 0 {
+            out.push_str(&format!(
+                "-A {SERVICES_CHAIN} -d {}/32 -p tcp --dport {} -j REJECT\n",
+                f.cluster_ip, f.port
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "-A {POSTROUTING_CHAIN} -m conntrack --ctstate DNAT -j MASQUERADE\nCOMMIT\n"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.88.0.11], conditions: {ready: true}}
+- {addresses: [10.88.0.12], conditions: {ready: true}}
+- {addresses: [10.88.0.13], conditions: {ready: false}}
+"#;
+
+    #[test]
+    fn a_service_port_spreads_evenly_over_its_ready_endpoints() {
+        let f = frontends(MANIFESTS);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].endpoints,
+            vec![
+                ("10.88.0.11".parse().expect("ip"), 8080),
+                ("10.88.0.12".parse().expect("ip"), 8080)
+            ]
+        );
+        let text = rules(&f);
+        assert!(text.contains("--dport 80 -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 10.88.0.11:8080"), "{text}");
+        assert!(
+            text.contains("--dport 80 -j DNAT --to-destination 10.88.0.12:8080"),
+            "{text}"
+        );
+        assert!(text.contains("--ctstate DNAT -j MASQUERADE"));
+    }
+}
