@@ -337,7 +337,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if options.keep {
         println!(
             "the shop keeps running until you press Ctrl-C. Inside a pod:\n  \
-             ip netns exec {} curl -s http://{CHECKOUT}/\n  \
+             ip netns exec {} curl -s http://checkout.shop.svc.cluster.local/\n  \
              ip netns exec {} curl -s localhost:4191/metrics",
             mesh.pod("storefront").pod.netns,
             mesh.pod("storefront").pod.netns

@@ -102,6 +102,7 @@ pub struct Mesh {
     pub controller: Option<Process>,
     controller_bin: PathBuf,
     controller_args: Vec<String>,
+    namespace: String,
     manifests: PathBuf,
     _dir: tempfile::TempDir,
     // Last: namespaces go after the processes in them.
@@ -228,6 +229,7 @@ impl Mesh {
             pods: mesh_pods,
             controller: None,
             controller_bin: controller_bin.clone(),
+            namespace: namespace.to_string(),
             controller_args: controller_args
                 .iter()
                 .map(|a| a.to_string())
@@ -242,6 +244,7 @@ impl Mesh {
             _dir: dir,
             node,
         };
+        mesh.write_names(manifests)?;
         mesh.start_controller(&controller_bin)?;
         for p in &mesh.pods {
             mesh.wait_ready(p)?;
@@ -286,7 +289,17 @@ impl Mesh {
         let tmp = self.manifests.with_extension("tmp");
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.manifests)?;
+        self.write_names(text)?;
         apply_services(self.node.netns(), text)
+    }
+
+    /// Service names in every pod's `/etc/hosts`.
+    fn write_names(&self, manifests: &str) -> anyhow::Result<()> {
+        let hosts = crate::services::hosts(manifests, &self.namespace);
+        for p in &self.pods {
+            p.pod.write_hosts(&hosts)?;
+        }
+        Ok(())
     }
 
     pub fn pod(&self, name: &str) -> &MeshPod {

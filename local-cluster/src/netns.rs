@@ -148,11 +148,27 @@ impl Drop for Node {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 tracing::warn!(netns = %ns, error = %e, "could not remove a network namespace");
             }
+            let _ = std::fs::remove_dir_all(etc_dir(ns));
         }
     }
 }
 
+/// Files here replace their `/etc` twins for programs started with `ip netns exec`.
+fn etc_dir(netns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(netns)
+}
+
 impl Pod {
+    /// The `/etc/hosts` programs started in this pod (with [`Pod::command`]) see.
+    pub fn write_hosts(&self, text: &str) -> anyhow::Result<()> {
+        let dir = etc_dir(&self.netns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join("hosts.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, dir.join("hosts"))?;
+        Ok(())
+    }
+
     /// A command that runs inside the pod's namespace, as `uid` (and the same gid) if given.
     pub fn command(&self, program: &std::path::Path, uid: Option<u32>) -> Command {
         in_netns(&self.netns, program, uid)
@@ -221,6 +237,7 @@ pub fn remove_stale(tag: &str) -> anyhow::Result<usize> {
             }
         }
         ip(&["netns", "del", ns])?;
+        let _ = std::fs::remove_dir_all(etc_dir(ns));
     }
     Ok(stale.len())
 }

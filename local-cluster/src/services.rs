@@ -74,6 +74,33 @@ pub fn frontends(manifests: &str) -> Vec<Frontend> {
     out
 }
 
+/// An `/etc/hosts` for a pod in namespace `pod_namespace`: every Service with a ClusterIP as
+/// `<svc>.<ns>.svc.cluster.local`, `<svc>.<ns>.svc` and `<svc>.<ns>`, plus the bare `<svc>` for
+/// its own namespace; the full name also with a trailing dot, which the hosts file does not strip.
+/// Pure.
+pub fn hosts(manifests: &str, pod_namespace: &str) -> String {
+    let mut out = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (_, outcome) in read_file(manifests) {
+        let Outcome::Object { object, .. } = outcome else {
+            continue;
+        };
+        let Body::Service(svc) = &object.body else {
+            continue;
+        };
+        let (ns, name) = (&object.id.key.namespace, &object.id.key.name);
+        for ip in &svc.cluster_ips {
+            out.push_str(&format!(
+                "{ip} {name}.{ns}.svc.cluster.local {name}.{ns}.svc.cluster.local. {name}.{ns}.svc {name}.{ns}"
+            ));
+            if ns == pod_namespace {
+                out.push_str(&format!(" {name}"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The node's nat rules for `frontends`, for `iptables-restore --noflush` (IPv4 only). Each
 /// endpoint of an n-endpoint port is picked with probability 1/n, as kube-proxy does.
 pub fn rules(frontends: &[Frontend]) -> String {
@@ -128,6 +155,14 @@ endpoints:
 - {addresses: [10.88.0.12], conditions: {ready: true}}
 - {addresses: [10.88.0.13], conditions: {ready: false}}
 "#;
+
+    #[test]
+    fn services_have_names_and_the_short_one_only_in_their_namespace() {
+        let same = hosts(MANIFESTS, "shop");
+        assert!(same.contains("10.96.0.10 web.shop.svc.cluster.local web.shop.svc.cluster.local. web.shop.svc web.shop web\n"), "{same}");
+        let other = hosts(MANIFESTS, "elsewhere");
+        assert!(other.contains("10.96.0.10 web.shop.svc.cluster.local web.shop.svc.cluster.local. web.shop.svc web.shop\n"), "{other}");
+    }
 
     #[test]
     fn a_service_port_spreads_evenly_over_its_ready_endpoints() {

@@ -302,3 +302,38 @@ fn killing_the_controller_fails_no_request_and_a_restart_brings_changes() -> any
     .with_context(|| mesh.logs())?;
     Ok(())
 }
+
+#[test]
+fn programs_in_a_pod_reach_services_by_name() -> anyhow::Result<()> {
+    let mesh = start("names", &manifests(1, 0, true), &[])?;
+    let client = &mesh.pod("client").pod;
+    for name in [
+        "web.mesh.svc.cluster.local",
+        "web.mesh.svc.cluster.local.",
+        "web.mesh",
+        "web",
+    ] {
+        let out = client
+            .command(std::path::Path::new("getent"), None)
+            .args(["hosts", name])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("10.96.0.10 "),
+            "{name} resolved to {text:?}"
+        );
+    }
+    // A shell's own connection by name, through the client's proxy and mTLS to web-v1.
+    let out = client
+        .command(std::path::Path::new("bash"), None)
+        .args([
+            "-c",
+            "exec 3<>/dev/tcp/web.mesh.svc.cluster.local/80 && \
+             printf 'GET /by-name HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' >&3 && timeout 10 cat <&3",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}\n{}", mesh.logs());
+    assert!(text.contains("x-backend: v1"), "{text}");
+    Ok(())
+}
