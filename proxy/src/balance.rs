@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 /// How fast old latency observations fade.
 const DECAY: Duration = Duration::from_secs(10);
-/// What an endpoint with no observation is assumed to cost.
-const DEFAULT_RTT: Duration = Duration::from_millis(10);
+/// The floor of a cost, so requests in flight count even before any latency is known.
+const MIN_COST_NS: f64 = 1_000.0;
+/// What a failed connection counts as: a dead endpoint fails fast, and must not look fast.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// A peak-EWMA of one endpoint's latency plus its requests in flight.
 #[derive(Debug)]
@@ -28,18 +30,35 @@ impl Load {
     fn new(now: Instant) -> Self {
         Load {
             inner: Mutex::new(LoadState {
-                ewma_ns: DEFAULT_RTT.as_nanos() as f64,
+                // Unknown is cheapest: a new endpoint is tried at once and then measured.
+                ewma_ns: 0.0,
                 stamp: now,
                 pending: 0,
             }),
         }
     }
 
-    /// The cost P2C compares: latency weighted by queue depth.
+    /// The cost P2C compares: latency weighted by queue depth. The latency fades toward zero
+    /// while nothing is observed, so an endpoint left alone (or penalized) is tried again.
     pub fn cost(&self) -> f64 {
         match self.inner.lock() {
-            Ok(s) => s.ewma_ns * f64::from(s.pending + 1),
+            Ok(s) => {
+                let faded = next_ewma(
+                    s.ewma_ns,
+                    Duration::ZERO,
+                    Instant::now().saturating_duration_since(s.stamp),
+                );
+                faded.max(MIN_COST_NS) * f64::from(s.pending + 1)
+            }
             Err(_) => f64::MAX,
+        }
+    }
+
+    /// Makes the endpoint look as slow as [`FAILURE_PENALTY`]; the penalty fades like any peak.
+    pub fn penalize(&self, now: Instant) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.ewma_ns = s.ewma_ns.max(FAILURE_PENALTY.as_nanos() as f64);
+            s.stamp = now;
         }
     }
 
@@ -93,6 +112,14 @@ pub fn next_ewma(ewma_ns: f64, rtt: Duration, elapsed: Duration) -> f64 {
     }
     let w = (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp();
     ewma_ns * w + rtt_ns * (1.0 - w)
+}
+
+impl InFlight {
+    /// The request could not reach the endpoint: count a failure instead of its latency.
+    pub fn failed(mut self) {
+        self.observe = false;
+        self.load.penalize(Instant::now());
+    }
 }
 
 /// Records the latency of one request when dropped.
@@ -198,6 +225,22 @@ mod tests {
         let guard = load.start();
         assert!(load.cost() > idle);
         drop(guard);
+    }
+
+    #[test]
+    fn a_failed_endpoint_costs_more_than_a_slow_one_and_p2c_avoids_it() {
+        let loads = Loads::default();
+        let dead: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let slow: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+        loads.get(dead).start().failed();
+        let guard = loads.get(slow).start();
+        std::thread::sleep(Duration::from_millis(5));
+        drop(guard);
+        assert!(loads.get(dead).cost() > loads.get(slow).cost());
+        for _ in 0..50 {
+            let (picked, _) = loads.pick(&[dead, slow]).expect("a pick");
+            assert_eq!(picked, slow);
+        }
     }
 
     #[test]

@@ -9,13 +9,14 @@ use crate::identity::Alpn;
 use crate::metrics::{Metrics, TcpLabels};
 
 /// Connects to `target` (mTLS for a meshed peer) and copies both ways until either side closes.
+/// Returns whether the upstream was reached.
 pub async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
     metrics: &Arc<Metrics>,
     labels: TcpLabels,
     client: I,
     pool: &Pool,
     target: &Target,
-) {
+) -> bool {
     forward_with(metrics, labels, client, pool, target, None).await
 }
 
@@ -28,7 +29,7 @@ pub async fn forward_with<I: AsyncRead + AsyncWrite + Unpin>(
     pool: &Pool,
     target: &Target,
     port: Option<u16>,
-) {
+) -> bool {
     use tokio::io::AsyncWriteExt;
     metrics.tcp_opened.get_or_create(&labels).inc();
     metrics.tcp_open.get_or_create(&labels).inc();
@@ -48,6 +49,7 @@ pub async fn forward_with<I: AsyncRead + AsyncWrite + Unpin>(
         },
         Err(e) => Err(e.to_string()),
     };
+    let reached = connected.is_ok();
     match connected {
         Ok(mut server) => match tokio::io::copy_bidirectional(&mut client, &mut server).await {
             Ok((from_client, to_client)) => {
@@ -66,4 +68,5 @@ pub async fn forward_with<I: AsyncRead + AsyncWrite + Unpin>(
     }
     metrics.tcp_open.get_or_create(&labels).dec();
     metrics.tcp_closed.get_or_create(&labels).inc();
+    reached
 }

@@ -337,3 +337,45 @@ fn programs_in_a_pod_reach_services_by_name() -> anyhow::Result<()> {
     assert!(text.contains("x-backend: v1"), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_dead_endpoint_is_avoided_after_its_first_failure() -> anyhow::Result<()> {
+    // No TrafficSplit: the web Service's own endpoints, web-v1 and web-v2, share the traffic.
+    let all = manifests(1, 0, true);
+    let text: Vec<&str> = all
+        .split("---\n")
+        .filter(|doc| !doc.contains("kind: TrafficSplit"))
+        .collect();
+    let mut mesh = start("dead", &text.join("---\n"), &[])?;
+    let client = mesh.pod("client").pod.clone();
+    let (v1, v2) = in_pod(&client, || async {
+        let mut h1 = H1::connect(web(80)).await?;
+        tally(&mut h1, 40).await
+    })??;
+    assert_eq!(v1 + v2, 40);
+
+    // web-v2 dies: its proxy goes, so connections to it are refused.
+    if let Some(p) = mesh.pods.iter_mut().find(|p| p.pod.name == "web-v2") {
+        p.proxy.kill();
+    }
+    let (ok, failed) = in_pod(&client, || async {
+        let mut h1 = H1::connect(web(80)).await?;
+        let (mut ok, mut failed) = (0, 0);
+        for _ in 0..100 {
+            let a = h1.get("web", "/").await?;
+            if a.status == 200 && a.backend() == "v1" {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        anyhow::Ok((ok, failed))
+    })??;
+    // Without failure accounting a dead endpoint fails fast, looks fast and draws the traffic.
+    assert!(
+        failed <= 3,
+        "{failed} of 100 requests failed ({ok} ok)\n{}",
+        mesh.logs()
+    );
+    Ok(())
+}

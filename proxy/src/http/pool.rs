@@ -42,6 +42,19 @@ pub enum ForwardError {
     },
 }
 
+impl ForwardError {
+    /// The endpoint could not be reached at all (as opposed to failing mid-request).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::Connect { .. }
+                | ForwardError::ConnectTimeout { .. }
+                | ForwardError::Tls { .. }
+                | ForwardError::Handshake { .. }
+        )
+    }
+}
+
 struct Idle {
     sender: http1::SendRequest<Incoming>,
     since: Instant,

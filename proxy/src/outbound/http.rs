@@ -144,9 +144,17 @@ async fn send(
 ) -> Response<Body> {
     let addr = target.addr;
     let resp = match forward(&ctx.pool, &target, req).await {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            drop(in_flight);
+            resp
+        }
         Err(e) => {
             tracing::info!(%addr, error = %e, "outbound request failed");
+            // An endpoint that cannot be reached fails fast; it must not look fast.
+            match in_flight {
+                Some(f) if e.is_unreachable() => f.failed(),
+                other => drop(other),
+            }
             local_response(
                 StatusCode::BAD_GATEWAY,
                 ERROR_HEADER,
@@ -154,7 +162,6 @@ async fn send(
             )
         }
     };
-    drop(in_flight);
     with_labels(resp, labels)
 }
 

@@ -67,7 +67,7 @@ pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin>(
         tracing::info!(%dst, service = %routes.service, "no endpoint for a TCP connection; closing it");
         return;
     };
-    let _open = load.start_connection();
+    let open = load.start_connection();
     let labels = TcpLabels {
         direction: "outbound",
         authority: routes.service.clone(),
@@ -75,14 +75,17 @@ pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin>(
     };
     // A meshed peer on a port that skips detection is reached through its proxy's inbound
     // port, so its side needs no detection either.
-    if target.peer.is_some() && ctx.settings.opaque_ports.contains(&dst.port()) {
+    let reached = if target.peer.is_some() && ctx.settings.opaque_ports.contains(&dst.port()) {
         let port = target.addr.port();
         let via = crate::http::pool::Target {
             addr: std::net::SocketAddr::new(target.addr.ip(), ctx.settings.peer_inbound_port),
             peer: target.peer.clone(),
         };
-        crate::tcp::forward_with(&ctx.metrics, labels, io, &ctx.pool, &via, Some(port)).await;
-        return;
+        crate::tcp::forward_with(&ctx.metrics, labels, io, &ctx.pool, &via, Some(port)).await
+    } else {
+        crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, &target).await
+    };
+    if !reached {
+        open.failed();
     }
-    crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, &target).await;
 }
