@@ -215,3 +215,22 @@ impl ProxyClient {
         }
     }
 }
+
+/// Parses `/metrics` text as Prometheus exposition and sums the samples of `metric` whose labels
+/// include every pair in `labels`.
+pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).context("parsing /metrics")?;
+    Ok(scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum())
+}

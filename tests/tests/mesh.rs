@@ -6,25 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use smidge_e2e::apps::{self, BANNER_PORT, ECHO_PORT, H1, WS_PORT};
 use smidge_e2e::mesh::in_pod;
+use smidge_e2e::metric_sum;
 use smidge_e2e::scenario::{manifests, start, web};
-
-/// Sums the samples of `metric` whose labels include every pair in `labels`.
-fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).context("parsing /metrics")?;
-    Ok(scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum())
-}
 
 #[test]
 fn every_protocol_reaches_its_backend_through_both_proxies() -> anyhow::Result<()> {
@@ -65,14 +48,14 @@ fn every_protocol_reaches_its_backend_through_both_proxies() -> anyhow::Result<(
 
     // 10 GETs, one h2 stream, one WebSocket upgrade: 12 requests, all answered.
     let client_metrics = mesh.metrics("client")?;
-    let out = sum(
+    let out = metric_sum(
         &client_metrics,
         "smidge_requests_total",
         &[("direction", "outbound")],
     )?;
     assert_eq!(out, 12.0, "client proxy metrics:\n{client_metrics}");
     let v1_metrics = mesh.metrics("web-v1")?;
-    let inb = sum(
+    let inb = metric_sum(
         &v1_metrics,
         "smidge_requests_total",
         &[
@@ -82,7 +65,7 @@ fn every_protocol_reaches_its_backend_through_both_proxies() -> anyhow::Result<(
         ],
     )?;
     assert_eq!(inb, 12.0, "web-v1 proxy metrics:\n{v1_metrics}");
-    let tcp = sum(
+    let tcp = metric_sum(
         &client_metrics,
         "smidge_tcp_opened_total",
         &[("direction", "outbound")],
@@ -157,7 +140,7 @@ fn split_weights_apply_per_request_on_one_keep_alive_connection() -> anyhow::Res
         .with_context(|| mesh.logs())?;
 
     let metrics = mesh.metrics("client")?;
-    let counted = sum(
+    let counted = metric_sum(
         &metrics,
         "smidge_requests_total",
         &[("direction", "outbound")],
@@ -244,7 +227,7 @@ fn a_traffic_target_turns_403_into_200_and_back_on_an_open_connection() -> anyho
     assert_eq!(code, 403, "after {ms} ms");
     let metrics = mesh.metrics("web-v1")?;
     assert!(
-        sum(
+        metric_sum(
             &metrics,
             "smidge_authz_denied_total",
             &[("reason", "default-deny")]

@@ -13,23 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use smidge_e2e::apps::H1;
 use smidge_e2e::mesh::{in_pod, Mesh};
+use smidge_e2e::metric_sum;
 use smidge_e2e::scenario::{manifests, start, start_with, web, V1_IP};
-
-fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
-    Ok(scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum())
-}
 
 /// Every frame seen in the node's namespace (the bridge between the pods) until `stop`.
 fn capture(
@@ -107,7 +92,7 @@ fn meshed_traffic_is_tls_on_the_wire_and_the_server_records_the_spiffe_id() -> a
         "the response crossed in clear"
     );
     let metrics = mesh.metrics("web-v1")?;
-    let seen = sum(
+    let seen = metric_sum(
         &metrics,
         "smidge_requests_total",
         &[
@@ -254,7 +239,7 @@ fn a_client_certificate_from_another_ca_or_expired_is_refused() -> anyhow::Resul
     );
     let metrics = mesh.metrics("web-v1")?;
     assert!(
-        sum(
+        metric_sum(
             &metrics,
             "smidge_authz_denied_total",
             &[("reason", "tls-handshake")]
@@ -316,7 +301,7 @@ fn certificates_renew_while_requests_flow() -> anyhow::Result<()> {
     assert!(sent > 100, "only {sent} requests");
     for pod in ["client", "web-v1"] {
         let metrics = mesh.metrics(pod)?;
-        let certs = sum(&metrics, "smidge_identity_certificates_total", &[])?;
+        let certs = metric_sum(&metrics, "smidge_identity_certificates_total", &[])?;
         assert!(
             certs >= 3.0,
             "{pod} received {certs} certificates in 22 s with a 10 s lifetime"
