@@ -35,6 +35,8 @@ pub struct Ctx {
     pub settings: Settings,
     /// The workload this proxy stands beside.
     pub identity: Identity,
+    /// How metrics name `identity`: its SPIFFE ID with mTLS, else `ns/sa`. Made once.
+    pub identity_label: String,
     /// mTLS material; `None` when the mesh runs without identity.
     pub mesh: Option<Arc<MeshIdentity>>,
     pub discovery: Discovery,

@@ -127,6 +127,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             inbound_port: config.inbound.port(),
             peer_inbound_port: config.inbound.port(),
         },
+        identity_label: match &mesh {
+            Some(m) => smidge_protocol::names::spiffe_id(&m.trust_domain, &identity),
+            None => identity.to_string(),
+        },
         identity,
         mesh,
         discovery: discovery.clone(),

@@ -44,6 +44,32 @@ where
     }
 }
 
+/// Serves a connection through the metrics layer around `service`, logging how it ended.
+pub async fn serve_observed<I, S>(
+    metrics: &Arc<crate::metrics::Metrics>,
+    direction: &'static str,
+    io: I,
+    protocol: Protocol,
+    service: S,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service = tower::ServiceBuilder::new()
+        .layer(super::observe::ObserveLayer::new(
+            metrics.clone(),
+            direction,
+        ))
+        .service(service);
+    if let Err(e) = serve(io, protocol, service).await {
+        tracing::debug!(direction, error = %e, "HTTP connection ended");
+    }
+}
+
 /// Forwards one request to `target`, streaming both bodies; a protocol upgrade the upstream
 /// accepts is spliced through once both sides have switched. HTTP/1 requests to a meshed peer
 /// travel as HTTP/2 over the mTLS connection (multiplexed) and are turned back on the other side.

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Caller;
 use crate::ctx::Ctx;
-use crate::http::observe::{Labels, ObserveLayer};
+use crate::http::observe::Labels;
 use crate::http::pool::Target;
 use crate::http::serve::forward;
 use crate::http::{from_mesh_h2, local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
@@ -40,12 +40,7 @@ pub async fn serve<I>(
         tls: caller.tls,
         client: caller.identity.map(Arc::new),
     };
-    let service = tower::ServiceBuilder::new()
-        .layer(ObserveLayer::new(ctx.metrics.clone(), "inbound"))
-        .service(authorize);
-    if let Err(e) = crate::http::serve::serve(io, protocol, service).await {
-        tracing::debug!(%dst, error = %e, "inbound HTTP connection ended");
-    }
+    crate::http::serve::serve_observed(&ctx.metrics, "inbound", io, protocol, authorize).await;
 }
 
 /// Authorizes each request of one connection, then forwards it to the app.
@@ -77,10 +72,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
         let mut labels = Labels {
             authority: self.dst.to_string(),
             src_identity: self.src_label.clone(),
-            dst_identity: match &ctx.mesh {
-                Some(m) => smidge_protocol::names::spiffe_id(&m.trust_domain, &ctx.identity),
-                None => ctx.identity.to_string(),
-            },
+            dst_identity: ctx.identity_label.clone(),
             tls,
             ..Labels::default()
         };

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::ctx::Ctx;
 use crate::discovery::ViewState;
-use crate::http::observe::{Labels, ObserveLayer};
+use crate::http::observe::Labels;
 use crate::http::serve::forward;
 use crate::http::{local_response, Body, Head, ERROR_HEADER};
 use crate::net::detect::Protocol;
@@ -35,12 +35,7 @@ pub async fn serve<I>(
         dst,
         rx,
     };
-    let service = tower::ServiceBuilder::new()
-        .layer(ObserveLayer::new(ctx.metrics.clone(), "outbound"))
-        .service(router);
-    if let Err(e) = crate::http::serve::serve(io, protocol, service).await {
-        tracing::debug!(%dst, error = %e, "outbound HTTP connection ended");
-    }
+    crate::http::serve::serve_observed(&ctx.metrics, "outbound", io, protocol, router).await;
 }
 
 /// Routes each request of one client connection.
@@ -76,10 +71,7 @@ async fn route(
 ) -> Response<Body> {
     let mut labels = Labels {
         authority: dst.to_string(),
-        src_identity: match &ctx.mesh {
-            Some(m) => smidge_protocol::names::spiffe_id(&m.trust_domain, &ctx.identity),
-            None => ctx.identity.to_string(),
-        },
+        src_identity: ctx.identity_label.clone(),
         ..Labels::default()
     };
     let ready = match state {
