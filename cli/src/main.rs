@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use smidge_controller::{crds, lint};
 
 mod demo;
+mod local;
 
 #[derive(Parser)]
 #[command(name = "smidge", version, about = "A lightweight SMI service mesh")]
@@ -47,6 +48,16 @@ enum Command {
         /// Leave the shop running until Ctrl-C.
         #[arg(long)]
         keep: bool,
+    },
+    /// A cluster on this machine, driven like kubectl: up, apply, get, exec, logs, down. Needs
+    /// root.
+    Local {
+        /// Where the cluster keeps its socket, state and logs (default: $SMIDGE_LOCAL_DIR, else
+        /// /run/smidge-local). Several clusters may run side by side in different directories.
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: local::LocalCommand,
     },
 }
 
@@ -160,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Local { state_dir, command } => local::run(&local::state_dir(state_dir), command),
         Command::Demo {
             requests,
             connections,

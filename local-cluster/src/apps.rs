@@ -36,15 +36,24 @@ fn full(text: String) -> Body {
 
 /// Runs every backend listener until the thread ends; `name` is how it answers.
 pub async fn backend(name: &'static str) {
-    let http = serve_http(name);
+    let http = serve_http(name, HTTP_PORT);
     let ws = serve_ws();
     let echo = serve_echo(ECHO_PORT, None);
     let banner = serve_echo(BANNER_PORT, Some(name));
     let _ = tokio::join!(http, ws, echo, banner);
 }
 
-async fn serve_http(name: &'static str) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, HTTP_PORT)).await?;
+/// The `smidge/echo` image: HTTP (HTTP/1 and h2c) on `http_port` answering with `name`, and TCP
+/// echo on `echo_port`. Ends with an error when a port cannot be bound.
+pub async fn echo_server(name: &'static str, http_port: u16, echo_port: u16) -> anyhow::Result<()> {
+    tokio::try_join!(serve_http(name, http_port), serve_echo(echo_port, None))?;
+    Ok(())
+}
+
+async fn serve_http(name: &'static str, port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        .await
+        .with_context(|| format!("binding port {port}"))?;
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -116,7 +125,9 @@ async fn serve_ws() -> anyhow::Result<()> {
 
 /// Echoes bytes back; with a `banner`, first says who it is (a server-speaks-first protocol).
 async fn serve_echo(port: u16, banner: Option<&'static str>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        .await
+        .with_context(|| format!("binding port {port}"))?;
     loop {
         let (mut stream, _) = listener.accept().await?;
         tokio::spawn(async move {

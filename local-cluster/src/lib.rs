@@ -1,12 +1,19 @@
 //! A mesh on one Linux machine without Kubernetes.
 //!
-//! Built so far: [`netns`] (a node namespace with a bridge, pods as namespaces on it), [`mesh`]
-//! (the real controller on the `file` provider and a real proxy with its `init` rules per pod) and
-//! [`apps`] (programs that stand in for container images). Used by the end-to-end tests and
-//! `smidge demo`. Not built yet: Services reachable by un-meshed clients (DNAT), names inside
-//! pods, Deployments, and the kubectl-like `smidge local` commands.
+//! Pure parts: [`objects`] (the objects users apply, validated and stored), [`workloads`]
+//! (Deployments, the image → program table, which pods should exist), [`render`] (Pods,
+//! EndpointSlices and the controller's manifests from the running pods), [`services`]
+//! (kube-proxy's DNAT rules and the pods' hosts file). I/O: [`netns`] (a node namespace with a
+//! bridge, pods as namespaces on it), [`mesh`] (a fixed set of pods with the real controller and
+//! proxies, for tests and the demo), [`cluster`] and [`daemon`] (the cluster behind
+//! `smidge local`), [`apps`] (programs that stand in for container images).
 
 pub mod apps;
+pub mod cluster;
+pub mod daemon;
 pub mod mesh;
 pub mod netns;
+pub mod objects;
+pub mod render;
 pub mod services;
+pub mod workloads;

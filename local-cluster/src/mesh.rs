@@ -200,28 +200,24 @@ impl Mesh {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let token = trust.token_key.sign(&smidge_controller::identity::Claims {
-                ns: namespace.to_string(),
-                sa: spec.service_account.to_string(),
-                pod: spec.name.to_string(),
-                aud: smidge_controller::identity::token::AUDIENCE.to_string(),
-                exp: unix_now() + 86_400,
-            });
-            let token_file = dir.path().join(format!("{}.token", spec.name));
-            std::fs::write(&token_file, token)?;
-            std::os::unix::fs::chown(&token_file, Some(PROXY_UID), Some(PROXY_UID))?;
-            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
-            let mut cmd = pod.command(&proxy_bin, Some(PROXY_UID));
-            cmd.args(["run", "--controller"])
-                .arg(format!("{GATEWAY}:{CONTROLLER_PORT}"))
-                .args(["--namespace", namespace, "--pod", spec.name])
-                .args(["--service-account", spec.service_account])
-                .arg("--trust-anchor")
-                .arg(&anchor)
-                .arg("--token-file")
-                .arg(&token_file)
-                .args(["--trust-domain", TRUST_DOMAIN])
-                .args(proxy_args);
+            let token_file = write_token(
+                &trust,
+                &dir.path().join(format!("{}.token", spec.name)),
+                namespace,
+                spec.service_account,
+                spec.name,
+                86_400,
+            )?;
+            let mut cmd = proxy_command(
+                &pod,
+                &proxy_bin,
+                &anchor,
+                &token_file,
+                namespace,
+                spec.name,
+                spec.service_account,
+            );
+            cmd.args(proxy_args);
             let proxy = Process::spawn(cmd, "smidge-proxy")?;
             mesh_pods.push(MeshPod { pod, proxy });
         }
@@ -355,8 +351,55 @@ impl Mesh {
     }
 }
 
+/// Writes a token proving `namespace`/`service_account` for `pod` to `path`, readable only by
+/// the proxy's uid.
+pub(crate) fn write_token(
+    trust: &smidge_controller::identity::Trust,
+    path: &Path,
+    namespace: &str,
+    service_account: &str,
+    pod: &str,
+    ttl_secs: u64,
+) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let token = trust.token_key.sign(&smidge_controller::identity::Claims {
+        ns: namespace.to_string(),
+        sa: service_account.to_string(),
+        pod: pod.to_string(),
+        aud: smidge_controller::identity::token::AUDIENCE.to_string(),
+        exp: unix_now() + ttl_secs,
+    });
+    std::fs::write(path, token).with_context(|| format!("writing {}", path.display()))?;
+    std::os::unix::fs::chown(path, Some(PROXY_UID), Some(PROXY_UID))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path.to_path_buf())
+}
+
+/// `smidge-proxy run` inside `pod`, under the proxy's uid, pointed at the node's controller.
+pub(crate) fn proxy_command(
+    pod: &Pod,
+    proxy_bin: &Path,
+    anchor: &Path,
+    token_file: &Path,
+    namespace: &str,
+    pod_name: &str,
+    service_account: &str,
+) -> Command {
+    let mut cmd = pod.command(proxy_bin, Some(PROXY_UID));
+    cmd.args(["run", "--controller"])
+        .arg(format!("{GATEWAY}:{CONTROLLER_PORT}"))
+        .args(["--namespace", namespace, "--pod", pod_name])
+        .args(["--service-account", service_account])
+        .arg("--trust-anchor")
+        .arg(anchor)
+        .arg("--token-file")
+        .arg(token_file)
+        .args(["--trust-domain", TRUST_DOMAIN]);
+    cmd
+}
+
 /// Makes the node route ClusterIP traffic of un-meshed clients to the Services' endpoints.
-fn apply_services(node_netns: &str, manifests: &str) -> anyhow::Result<()> {
+pub(crate) fn apply_services(node_netns: &str, manifests: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         Ok(Command::new("ip")

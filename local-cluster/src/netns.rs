@@ -20,6 +20,8 @@ pub struct Node {
     name: String,
     pub gateway: Ipv4Addr,
     pods: Vec<String>,
+    /// Numbers pod namespaces and links; never reused, so a removed pod's names stay free.
+    next_pod: usize,
 }
 
 /// A pod: a network namespace with `eth0` on the node's bridge.
@@ -64,6 +66,7 @@ impl Node {
             name,
             gateway,
             pods: Vec::new(),
+            next_pod: 0,
         };
         let ns = node.name.as_str();
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -93,7 +96,8 @@ impl Node {
 
     /// Adds a pod at `ip` with a default route through the node.
     pub fn add_pod(&mut self, name: &str, ip_addr: Ipv4Addr) -> anyhow::Result<Pod> {
-        let index = self.pods.len();
+        let index = self.next_pod;
+        self.next_pod += 1;
         let netns = format!("{}-p{index}", self.name);
         ip(&["netns", "add", &netns])?;
         self.pods.push(netns.clone());
@@ -129,6 +133,14 @@ impl Node {
             netns,
             ip: ip_addr,
         })
+    }
+
+    /// Removes a pod's namespace (its link goes with it) and its `/etc/netns` files. Whatever
+    /// still runs inside should have been stopped first.
+    pub fn remove_pod(&mut self, pod: &Pod) -> anyhow::Result<()> {
+        self.pods.retain(|p| *p != pod.netns);
+        let _ = std::fs::remove_dir_all(etc_dir(&pod.netns));
+        ip(&["netns", "del", &pod.netns])
     }
 
     /// Moves the calling thread into the node's network namespace.
@@ -203,6 +215,18 @@ fn in_netns(netns: &str, program: &std::path::Path, uid: Option<u32>) -> Command
     cmd
 }
 
+/// Whether `pid` runs (a zombie, killed but not yet reaped, does not).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
 /// Removes the namespaces of earlier runs with this `tag` whose program is gone (killed, say),
 /// killing whatever still runs inside them. Returns how many were removed.
 pub fn remove_stale(tag: &str) -> anyhow::Result<usize> {
@@ -219,7 +243,7 @@ pub fn remove_stale(tag: &str) -> anyhow::Result<usize> {
             continue;
         };
         let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if owner.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+        if owner.is_some_and(|pid| !process_alive(pid)) {
             stale.push(name);
         }
     }
