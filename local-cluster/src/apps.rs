@@ -182,7 +182,21 @@ impl H1 {
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Answer> {
-        let req = Request::get(path).header("host", host).body(Empty::new())?;
+        self.request("GET", host, path).await
+    }
+
+    /// A request without a body, with any method.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<Answer> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .body(Empty::new())?;
         self.sender.ready().await?;
         let resp = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req))
             .await

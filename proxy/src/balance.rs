@@ -176,6 +176,16 @@ impl Loads {
         }
     }
 
+    /// Forgets endpoints that left discovery: if one comes back (a restarted pod keeps its
+    /// address), it starts fresh instead of carrying an old failure penalty.
+    pub fn forget(&self, addrs: &[SocketAddr]) {
+        if let Ok(mut m) = self.by_addr.lock() {
+            for a in addrs {
+                m.remove(a);
+            }
+        }
+    }
+
     /// Picks among `addrs` by P2C.
     pub fn pick(&self, addrs: &[SocketAddr]) -> Option<(SocketAddr, Arc<Load>)> {
         let loads: Vec<Arc<Load>> = addrs.iter().map(|a| self.get(*a)).collect();
@@ -191,6 +201,16 @@ impl Loads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgotten_endpoint_comes_back_without_its_penalty() {
+        let loads = Loads::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        loads.get(addr).start().failed();
+        assert!(loads.get(addr).cost() > 1e8);
+        loads.forget(&[addr]);
+        assert!(loads.get(addr).cost() <= MIN_COST_NS);
+    }
 
     #[test]
     fn p2c_picks_two_distinct_candidates_and_keeps_the_cheaper() {

@@ -153,6 +153,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "proxy listening"
     );
 
+    // Weak: the context owns discovery, which keeps this hook.
+    let weak = Arc::downgrade(&ctx);
+    ctx.discovery.on_endpoints_removed(move |addrs| {
+        if let Some(ctx) = weak.upgrade() {
+            ctx.loads.forget(addrs);
+        }
+    });
     tokio::spawn(crate::admin::serve(admin, ctx.clone()));
     {
         let ctx = ctx.clone();

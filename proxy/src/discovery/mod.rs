@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, watch};
 pub use client::{ClientConfig, ControlTls};
 pub use state::ViewState;
 
+/// Called with the endpoints that left an outbound view.
+type RemovedHook = Box<dyn Fn(&[std::net::SocketAddr]) + Send + Sync>;
+
 /// A handle to the views this proxy uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Discovery {
@@ -27,6 +30,8 @@ struct Shared {
     connected: AtomicBool,
     /// Set once the controller has answered at least once since the proxy started.
     ever_connected: AtomicBool,
+    /// Told which endpoints left an outbound view, so per-endpoint state can be forgotten.
+    on_removed: std::sync::OnceLock<RemovedHook>,
 }
 
 struct Entry {
@@ -60,6 +65,7 @@ impl Discovery {
                 commands,
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
+                on_removed: std::sync::OnceLock::new(),
             }),
         };
         let idle = config.idle_after;
@@ -184,8 +190,22 @@ impl Discovery {
         };
         let current = entry.tx.borrow().clone();
         let next = state::next_state(&current, version, update, Instant::now())?;
+        let removed = state::removed_endpoints(&current, &next);
         entry.tx.send_replace(next);
+        drop(entries);
+        if let (false, Some(f)) = (removed.is_empty(), self.shared.on_removed.get()) {
+            f(&removed);
+        }
         Ok(())
+    }
+
+    /// Registers who is told when endpoints leave an outbound view (once; later calls are
+    /// ignored). A restarted pod at the same address then starts afresh, not penalized.
+    pub fn on_endpoints_removed(
+        &self,
+        f: impl Fn(&[std::net::SocketAddr]) + Send + Sync + 'static,
+    ) {
+        let _ = self.shared.on_removed.set(Box::new(f));
     }
 
     fn set_connected(&self, up: bool) {

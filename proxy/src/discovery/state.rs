@@ -33,6 +33,30 @@ impl ViewState {
     }
 }
 
+/// Endpoints `old` offered that `new` does not: they left discovery (not ready, or gone).
+pub fn removed_endpoints(old: &ViewState, new: &ViewState) -> Vec<std::net::SocketAddr> {
+    let addrs = |s: &ViewState| -> std::collections::HashSet<std::net::SocketAddr> {
+        match s {
+            ViewState::Ready(r) => match &r.view {
+                View::Outbound(v) => v
+                    .backends
+                    .iter()
+                    .flat_map(|b| b.endpoints.iter().map(|e| e.addr))
+                    .collect(),
+                _ => Default::default(),
+            },
+            _ => Default::default(),
+        }
+    };
+    let now = addrs(new);
+    let mut gone: Vec<_> = addrs(old)
+        .into_iter()
+        .filter(|a| !now.contains(a))
+        .collect();
+    gone.sort();
+    gone
+}
+
 /// The state after `update` at `version`, or why the proxy refuses it (and keeps `current`).
 pub fn next_state(
     current: &ViewState,
@@ -151,6 +175,25 @@ mod tests {
         assert!(refused.is_err());
         let absent = next_state(&v2, 4, ViewUpdate::Absent, now).expect("absent");
         assert_eq!(absent.version(), Some(4));
+    }
+
+    #[test]
+    fn endpoints_that_leave_a_view_are_named() {
+        let now = Instant::now();
+        let full = |eps: &[&str]| {
+            next_state(&ViewState::Pending, 1, ViewUpdate::Full(outbound(eps)), now).expect("valid")
+        };
+        let two = full(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let one = full(&["10.0.0.2:80"]);
+        assert_eq!(
+            removed_endpoints(&two, &one),
+            vec!["10.0.0.1:80".parse::<std::net::SocketAddr>().expect("addr")]
+        );
+        assert!(removed_endpoints(&one, &two).is_empty());
+        assert_eq!(
+            removed_endpoints(&one, &ViewState::Absent { version: 2 }).len(),
+            1
+        );
     }
 
     #[test]
