@@ -79,13 +79,46 @@ struct RunArgs {
     /// The DNS name in the controller's certificate.
     #[arg(long, default_value = "smidge-controller")]
     controller_name: String,
+    /// Mark the proxy's own connections (to peers and the controller) with this firewall mark,
+    /// for pods whose rules exempt the proxy by mark (`init --proxy-mark`). Needs CAP_NET_ADMIN.
+    #[arg(long, value_parser = parse_mark)]
+    socket_mark: Option<u32>,
+}
+
+/// `--proxy-uid`: a uid, or none.
+#[derive(Clone, Copy, Debug)]
+struct ProxyUid(Option<u32>);
+
+fn parse_uid(text: &str) -> Result<ProxyUid, String> {
+    if text == "none" {
+        return Ok(ProxyUid(None));
+    }
+    text.parse()
+        .map(|u| ProxyUid(Some(u)))
+        .map_err(|_| format!("{text:?} is not a uid (or none)"))
+}
+
+/// A mark in decimal or `0x` hex.
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed
+        .ok()
+        .filter(|m| *m != 0)
+        .ok_or_else(|| format!("{text:?} is not a non-zero 32-bit mark"))
 }
 
 #[derive(clap::Args)]
 struct InitArgs {
     /// The uid the proxy runs as; its own connections are not redirected.
-    #[arg(long, default_value = "2102")]
-    proxy_uid: u32,
+    /// `none` when the proxy shares the app's uid (then give --proxy-mark).
+    #[arg(long, default_value = "2102", value_parser = parse_uid)]
+    proxy_uid: ProxyUid,
+    /// Also leave connections with this firewall mark alone (the proxy's `--socket-mark`).
+    #[arg(long, value_parser = parse_mark)]
+    proxy_mark: Option<u32>,
     #[arg(long, default_value = "4140")]
     outbound_port: u16,
     #[arg(long, default_value = "4143")]
@@ -110,8 +143,13 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Cmd::Init(args) => {
+            if args.proxy_uid.0.is_none() && args.proxy_mark.is_none() {
+                eprintln!("smidge-proxy init: with --proxy-uid none, give --proxy-mark (or the proxy's own traffic would loop)");
+                return ExitCode::from(2);
+            }
             let rules = Rules {
-                proxy_uid: args.proxy_uid,
+                proxy_uid: args.proxy_uid.0,
+                proxy_mark: args.proxy_mark,
                 outbound_port: args.outbound_port,
                 inbound_port: args.inbound_port,
                 admin_port: args.admin_port,
@@ -125,7 +163,7 @@ fn main() -> ExitCode {
             }
             match init::apply(&rules) {
                 Ok(()) => {
-                    tracing::info!(proxy_uid = rules.proxy_uid, "iptables rules in place");
+                    tracing::info!(proxy_uid = ?rules.proxy_uid, proxy_mark = ?rules.proxy_mark, "iptables rules in place");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -168,6 +206,7 @@ fn main() -> ExitCode {
                 detect_timeout: Duration::from_millis(args.detect_timeout_ms),
                 discovery_wait: Duration::from_millis(args.discovery_wait_ms),
                 connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+                socket_mark: args.socket_mark,
                 idle_subscription: Duration::from_secs(args.idle_subscription_secs),
                 identity,
             };

@@ -31,6 +31,8 @@ pub struct Config {
     pub detect_timeout: Duration,
     pub discovery_wait: Duration,
     pub connect_timeout: Duration,
+    /// The firewall mark on the proxy's own connections (`init --proxy-mark` exempts it).
+    pub socket_mark: Option<u32>,
     pub idle_subscription: Duration,
     /// mTLS and the secured control channel; `None` only against a controller without identity.
     pub identity: Option<IdentitySettings>,
@@ -97,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ClientConfig {
             controller: config.controller,
             connect_timeout: config.connect_timeout,
+            socket_mark: config.socket_mark,
             idle_after: config.idle_subscription,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -112,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = Pool::new(
         PoolConfig {
             connect_timeout: config.connect_timeout,
+            socket_mark: config.socket_mark,
             idle_timeout: Duration::from_secs(30),
             max_idle_per_addr: 16,
         },

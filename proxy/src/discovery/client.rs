@@ -10,7 +10,6 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use smidge_protocol::{ClientMessage, FrameCodec, ProxyId, ServerMessage, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
@@ -44,6 +43,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct ClientConfig {
     pub controller: SocketAddr,
     pub connect_timeout: Duration,
+    /// The firewall mark on the connection (see `init --proxy-mark`).
+    pub socket_mark: Option<u32>,
     /// A subscription nobody used for this long is dropped.
     pub idle_after: Duration,
     pub backoff_min: Duration,
@@ -100,7 +101,7 @@ async fn session(
 ) -> anyhow::Result<Ended> {
     let stream = tokio::time::timeout(
         config.connect_timeout,
-        TcpStream::connect(config.controller),
+        crate::net::connect::connect(config.controller, config.socket_mark),
     )
     .await
     .context("connect timed out")?

@@ -227,6 +227,7 @@ mod tests {
                 // Nothing listens there: the views stay pending, which is all this test needs.
                 controller: "127.0.0.1:9".parse().expect("addr"),
                 connect_timeout: Duration::from_millis(100),
+                socket_mark: None,
                 idle_after: Duration::from_secs(3600),
                 backoff_min: Duration::from_secs(60),
                 backoff_max: Duration::from_secs(60),

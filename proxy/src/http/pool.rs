@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use smidge_protocol::Identity;
-use tokio::net::TcpStream;
 
 use crate::identity::{Alpn, MeshIdentity};
 use crate::net::BoxIo;
@@ -64,6 +63,8 @@ struct Idle {
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     pub connect_timeout: Duration,
+    /// The firewall mark on connections to peers (see `init --proxy-mark`).
+    pub socket_mark: Option<u32>,
     pub idle_timeout: Duration,
     pub max_idle_per_addr: usize,
 }
@@ -119,10 +120,13 @@ impl Pool {
     pub async fn connect(&self, target: &Target, alpn: Alpn) -> Result<BoxIo, ForwardError> {
         let addr = target.addr;
         let after = self.config.connect_timeout;
-        let stream = tokio::time::timeout(after, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ForwardError::ConnectTimeout { addr, after })?
-            .map_err(|source| ForwardError::Connect { addr, source })?;
+        let stream = tokio::time::timeout(
+            after,
+            crate::net::connect::connect(addr, self.config.socket_mark),
+        )
+        .await
+        .map_err(|_| ForwardError::ConnectTimeout { addr, after })?
+        .map_err(|source| ForwardError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         let (Some(peer), Some(mesh)) = (&target.peer, &self.mesh) else {
             return Ok(Box::new(stream));

@@ -10,8 +10,12 @@ pub const PREROUTING_CHAIN: &str = "SMIDGE_PREROUTING";
 /// What `init` intercepts and what it leaves alone.
 #[derive(Clone, Debug)]
 pub struct Rules {
-    /// The proxy's own uid: its connections are never redirected (or they would loop).
-    pub proxy_uid: u32,
+    /// The proxy's own uid: its connections are never redirected (or they would loop). `None`
+    /// when the proxy shares the app's uid and is told apart by [`Rules::proxy_mark`].
+    pub proxy_uid: Option<u32>,
+    /// Also exempt: connections carrying this firewall mark (a proxy that shares the app's uid,
+    /// as in a user namespace with one mapped uid, marks its sockets instead).
+    pub proxy_mark: Option<u32>,
     pub outbound_port: u16,
     pub inbound_port: u16,
     /// The admin port stays reachable directly (probes, scrapes).
@@ -64,10 +68,12 @@ impl Rules {
             ":{OUTPUT_CHAIN} - [0:0]\n:{PREROUTING_CHAIN} - [0:0]\n"
         ));
         let o = OUTPUT_CHAIN;
-        out.push_str(&format!(
-            "-A {o} -m owner --uid-owner {} -j RETURN\n",
-            self.proxy_uid
-        ));
+        if let Some(uid) = self.proxy_uid {
+            out.push_str(&format!("-A {o} -m owner --uid-owner {uid} -j RETURN\n"));
+        }
+        if let Some(mark) = self.proxy_mark {
+            out.push_str(&format!("-A {o} -m mark --mark {mark:#x} -j RETURN\n"));
+        }
         out.push_str(&format!("-A {o} -d 127.0.0.1/32 -j RETURN\n"));
         for port in &self.skip_outbound_ports {
             out.push_str(&format!("-A {o} -p tcp --dport {port} -j RETURN\n"));
@@ -103,7 +109,8 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
-            proxy_uid: 2102,
+            proxy_uid: Some(2102),
+            proxy_mark: None,
             outbound_port: 4140,
             inbound_port: 4143,
             admin_port: 4191,
@@ -111,6 +118,22 @@ mod tests {
             skip_inbound_ports: vec![22],
             skip_outbound_cidrs: vec!["169.254.0.0/16".parse().expect("cidr")],
         }
+    }
+
+    #[test]
+    fn a_proxy_mark_is_exempt_too() {
+        let text = Rules {
+            proxy_uid: None,
+            proxy_mark: Some(0x2102),
+            ..rules()
+        }
+        .restore_input();
+        let out: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A SMIDGE_OUTPUT"))
+            .collect();
+        assert_eq!(out[0], "-A SMIDGE_OUTPUT -m mark --mark 0x2102 -j RETURN");
+        assert!(!text.contains("--uid-owner"));
     }
 
     #[test]
