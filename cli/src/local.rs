@@ -91,19 +91,42 @@ pub enum LocalCommand {
     Down,
     /// The daemon itself (started by `up`).
     #[command(hide = true)]
-    Daemon,
+    Daemon {
+        /// Inside a user namespace (started by an ordinary user).
+        #[arg(long)]
+        userns: bool,
+    },
 }
 
-/// Where the cluster keeps its state: `--state-dir`, `SMIDGE_LOCAL_DIR`, or /run/smidge-local.
+/// Where the cluster keeps its state: `--state-dir`, `SMIDGE_LOCAL_DIR`, else /run/smidge-local
+/// for root and `$XDG_STATE_HOME/smidge-local` (`~/.local/state/smidge-local`) for others.
 pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("SMIDGE_LOCAL_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(daemon::DEFAULT_STATE_DIR))
+    let dir = flag
+        .or_else(|| std::env::var_os("SMIDGE_LOCAL_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            if is_root() {
+                PathBuf::from(daemon::DEFAULT_STATE_DIR)
+            } else {
+                std::env::var_os("XDG_STATE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                    })
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("smidge-local")
+            }
+        });
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
 }
 
 pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
     match command {
         LocalCommand::Up => up(state),
-        LocalCommand::Daemon => {
+        LocalCommand::Daemon { userns } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -111,7 +134,7 @@ pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
                 )
                 .with_ansi(false)
                 .init();
-            daemon::run(Programs::beside_current_exe()?, state)?;
+            daemon::run(Programs::beside_current_exe()?, state, userns)?;
             Ok(ExitCode::SUCCESS)
         }
         LocalCommand::Apply { files, wait } => {
@@ -182,7 +205,22 @@ pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
         } => {
             let location = locate(state, &namespace, &pod)?;
             let (program, args) = command.split_first().context("no command given")?;
-            let status = Command::new("ip")
+            let mut cmd = if is_root() {
+                Command::new("ip")
+            } else {
+                // The pod's namespace is known only inside the daemon's namespaces.
+                let pid = daemon_pid(state)?;
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--target={pid}")).args([
+                    "--user",
+                    "--mount",
+                    "--preserve-credentials",
+                    "--",
+                    "ip",
+                ]);
+                c
+            };
+            let status = cmd
                 .args(["netns", "exec", &location.netns])
                 .arg(program)
                 .args(args)
@@ -228,8 +266,8 @@ pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
         )?)),
         LocalCommand::Down => {
             if daemon::running(state).is_none() {
-                let cleaned = smidge_local_cluster::cluster::remove_stale()?;
-                println!("no local cluster is running (removed {cleaned} stale namespace(s))");
+                let cleaned = clean_stale(state)?;
+                println!("no local cluster is running{cleaned}");
                 return Ok(ExitCode::SUCCESS);
             }
             let pid = daemon::running(state);
@@ -291,35 +329,54 @@ fn locate(
     }
 }
 
-/// What stops the local cluster from running as this user, if anything.
-fn privilege_problem() -> Option<String> {
-    if nix::unistd::Uid::effective().is_root() {
-        return None;
-    }
-    let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+/// The running daemon's pid, from its pid file.
+fn daemon_pid(state: &Path) -> anyhow::Result<u32> {
+    daemon::running(state).context("no local cluster is running: start one with `smidge local up`")
+}
+
+/// Removes what an earlier daemon for `state` left after a crash or SIGKILL: the processes it
+/// started (its session) and, as root, the namespaces. Says what it removed.
+fn clean_stale(state: &Path) -> anyhow::Result<String> {
+    let mut said = String::new();
+    if let Some(pid) = std::fs::read_to_string(daemon::pid_path(state))
         .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
-        && std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
-            .map(|t| t.trim() == "1")
-            .unwrap_or(true);
-    Some(format!(
-        "the local cluster needs root: it creates network namespaces, veth links and iptables rules \
-         (run it with sudo). Running as an ordinary user inside an unprivileged user namespace is not \
-         built yet{}",
-        if userns {
-            " (this kernel would allow it)"
-        } else {
-            " (and this kernel does not allow unprivileged user namespaces)"
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        let killed = smidge_local_cluster::netns::kill_session(pid);
+        if killed > 0 {
+            said.push_str(&format!(
+                " (stopped {killed} process(es) a previous run left behind)"
+            ));
         }
-    ))
+    }
+    if is_root() {
+        let stale = smidge_local_cluster::cluster::remove_stale()?;
+        if stale > 0 {
+            said.push_str(&format!(
+                " (removed {stale} network namespace(s) a previous run left behind)"
+            ));
+        }
+    }
+    Ok(said)
 }
 
 fn up(state: &Path) -> anyhow::Result<ExitCode> {
-    if let Some(problem) = privilege_problem() {
-        bail!("{problem}");
+    let userns = !is_root();
+    if userns {
+        if let Err(problem) = smidge_local_cluster::userns::check() {
+            bail!(
+                "the local cluster needs root, or unprivileged user namespaces for an ordinary user: {problem}"
+            );
+        }
     }
-    for tool in ["ip", "iptables-restore", "setpriv"] {
+    for tool in [
+        "ip",
+        "iptables-restore",
+        "setpriv",
+        "setsid",
+        "unshare",
+        "nsenter",
+    ] {
         if which(tool).is_none() {
             bail!(
                 "{tool} is not installed (install the iproute2, iptables and util-linux packages)"
@@ -333,10 +390,10 @@ fn up(state: &Path) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    // A previous run that crashed or was killed: its namespaces and files go first.
-    let stale = smidge_local_cluster::cluster::remove_stale()?;
-    if stale > 0 {
-        eprintln!("removed {stale} network namespace(s) a previous run left behind");
+    // A previous run that crashed or was killed: its processes, namespaces and files go first.
+    let cleaned = clean_stale(state)?;
+    if !cleaned.is_empty() {
+        eprintln!("cleaned up:{cleaned}");
     }
     let _ = std::fs::remove_file(daemon::socket_path(state));
     let _ = std::fs::remove_file(daemon::pid_path(state));
@@ -347,12 +404,25 @@ fn up(state: &Path) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     // `setsid`: its own session, so the daemon outlives this command and its terminal.
     let mut cmd = Command::new("setsid");
+    if userns {
+        cmd.args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--net",
+            "--",
+        ]);
+    }
     cmd.arg(exe)
         .arg("local")
         .arg("--state-dir")
         .arg(state)
-        .arg("daemon")
-        .stdin(Stdio::null())
+        .arg("daemon");
+    if userns {
+        cmd.arg("--userns");
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     let mut child = cmd.spawn().context("starting the daemon")?;

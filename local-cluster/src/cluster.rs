@@ -17,7 +17,8 @@ use anyhow::{bail, Context};
 use smidge_controller::identity::{self, Trust};
 
 use crate::mesh::{
-    apply_services, proxy_command, write_token, CONTROLLER_PORT, GATEWAY, PROXY_UID, TRUST_DOMAIN,
+    apply_services, proxy_command, write_token, Exemption, Workload, CONTROLLER_PORT, GATEWAY,
+    TRUST_DOMAIN,
 };
 use crate::netns::{self, Node};
 use crate::objects::{Kind, Store};
@@ -161,6 +162,9 @@ pub struct Cluster {
     /// The manifests last written, to write (and re-apply rules) only on change.
     written: String,
     names: u64,
+    exemption: Exemption,
+    /// Deployments whose last pod could not be made: when, how many times in a row, and why.
+    failures: BTreeMap<(String, String), (Instant, u32, String)>,
     // Last: namespaces go after the processes in them.
     node: Node,
 }
@@ -186,8 +190,13 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
 
 impl Cluster {
     /// Creates the node and trust material under `state` and starts the controller; returns
-    /// once the controller accepts connections.
-    pub fn start(programs: Programs, state: &Path) -> anyhow::Result<Cluster> {
+    /// once the controller accepts connections. Moves the calling thread into the node's network
+    /// namespace.
+    pub fn start(
+        programs: Programs,
+        state: &Path,
+        exemption: Exemption,
+    ) -> anyhow::Result<Cluster> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
         // Proxies run under their own uid and read the anchor and their token from here.
@@ -210,6 +219,9 @@ impl Cluster {
         }
         std::fs::set_permissions(state.join("tokens"), std::fs::Permissions::from_mode(0o711))?;
         let node = Node::create(TAG, GATEWAY)?;
+        // Pods and the controller are reached by address from the node (readiness probes);
+        // threads this one starts from here on begin in the node's namespace too.
+        node.enter()?;
         let store = Store::new();
         let manifests = state.join("manifests").join("cluster.yaml");
         let written = render::controller_manifests(&store, &[]);
@@ -226,6 +238,8 @@ impl Cluster {
             manifests,
             written,
             names: u64::from(std::process::id()) << 20,
+            exemption,
+            failures: BTreeMap::new(),
             node,
         };
         cluster.controller = Supervised::new(Some(cluster.spawn_controller()?));
@@ -241,11 +255,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(cluster)
-    }
-
-    /// The node's network namespace; the daemon enters it to reach pods by address.
-    pub fn node_netns(&self) -> &str {
-        self.node.netns()
     }
 
     fn controller_log(&self) -> PathBuf {
@@ -380,10 +389,26 @@ impl Cluster {
                     self.remove_pod(pod);
                 }
             }
+            let key = (ns.clone(), name.clone());
+            if let Some((at, n, _)) = self.failures.get(&key) {
+                // After a failure, wait 1 s, doubling per failure in a row, at most 30 s.
+                let backoff = Duration::from_secs(1 << (*n).min(5)).min(Duration::from_secs(30));
+                if add > 0 && at.elapsed() < backoff {
+                    continue;
+                }
+            }
             for _ in 0..add {
-                if let Err(e) = self.create_pod(&ns, &name, &d.template) {
-                    tracing::warn!(deployment = %format!("{ns}/{name}"), error = format!("{e:#}"), "creating a pod");
-                    break;
+                match self.create_pod(&ns, &name, &d.template) {
+                    Ok(()) => {
+                        self.failures.remove(&key);
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        tracing::warn!(deployment = %format!("{ns}/{name}"), error = %why, "creating a pod");
+                        let n = self.failures.get(&key).map_or(0, |f| f.1) + 1;
+                        self.failures.insert(key.clone(), (Instant::now(), n, why));
+                        break;
+                    }
                 }
             }
         }
@@ -442,7 +467,7 @@ impl Cluster {
                 .netns
                 .command(&self.programs.proxy, None)
                 .arg("init")
-                .arg(format!("--proxy-uid={PROXY_UID}"))
+                .args(self.exemption.init_args())
                 .output()?;
             std::fs::write(
                 pod.log_dir.join("init.log"),
@@ -450,13 +475,13 @@ impl Cluster {
             )?;
             if !out.status.success() {
                 self.node.remove_pod(&pod.netns)?;
-                bail!(
-                    "init in pod {namespace}/{name} failed; see {}",
-                    pod.log_dir.join("init.log").display()
-                );
+                let log = std::fs::read_to_string(pod.log_dir.join("init.log")).unwrap_or_default();
+                let _ = std::fs::remove_dir_all(&pod.log_dir);
+                bail!("init in pod {namespace}/{name} failed: {}", log.trim());
             }
             pod.token = Some(write_token(
                 &self.trust,
+                self.exemption,
                 &self
                     .state
                     .join("tokens")
@@ -485,12 +510,15 @@ impl Cluster {
             if proxy.child.is_none() {
                 let mut cmd = proxy_command(
                     &pod.netns,
+                    self.exemption,
                     &self.programs.proxy,
                     &self.anchor,
                     token,
-                    &pod.view.namespace,
-                    &pod.view.name,
-                    &pod.view.service_account,
+                    Workload {
+                        namespace: &pod.view.namespace,
+                        pod: &pod.view.name,
+                        service_account: &pod.view.service_account,
+                    },
                 );
                 cmd.env("RUST_LOG", "info");
                 match spawn_logged(cmd, &pod.log_dir.join("proxy.log")) {
@@ -766,6 +794,13 @@ impl Cluster {
         views
     }
 
+    /// Why the last pod of a Deployment could not be made, while that keeps happening.
+    pub fn failure(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.failures
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|f| f.2.as_str())
+    }
+
     /// Deployments whose rollout is not complete: "ns/name: ready/wanted".
     pub fn unready(&self) -> Vec<String> {
         let views = self.views();
@@ -781,9 +816,13 @@ impl Cluster {
                     .iter()
                     .filter(|p| p.ready && p.template_hash == d.template.hash)
                     .count();
+                let why = self
+                    .failure(&key.namespace, &key.name)
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default();
                 (ready != d.replicas as usize || mine.len() != d.replicas as usize).then(|| {
                     format!(
-                        "{}/{}: {ready}/{} ready",
+                        "{}/{}: {ready}/{} ready{why}",
                         key.namespace, key.name, d.replicas
                     )
                 })

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, Location, PodAction, Programs};
+use crate::mesh::Exemption;
 use crate::objects::Kind;
 use crate::render;
 
@@ -121,16 +122,19 @@ pub fn running(state: &Path) -> Option<u32> {
 
 /// Runs the daemon until `down` or SIGTERM/SIGINT: starts the cluster, then serves requests.
 /// Blocks those signals in every thread and takes them on one.
-pub fn run(programs: Programs, state: &Path) -> anyhow::Result<()> {
+pub fn run(programs: Programs, state: &Path, userns: bool) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking signals")?;
-    let cluster = Cluster::start(programs, state)?;
-    // Pods are reached by address from the node (readiness probes); threads made from here on
-    // start in its namespace.
-    crate::netns::enter_netns(cluster.node_netns())?;
+    let exemption = if userns {
+        crate::userns::prepare(state)?;
+        Exemption::Mark
+    } else {
+        Exemption::Uid
+    };
+    let cluster = Cluster::start(programs, state, exemption)?;
     let cluster: Shared = Arc::new(Mutex::new(Some(cluster)));
     let socket = socket_path(state);
     let _ = std::fs::remove_file(&socket);
@@ -350,7 +354,9 @@ fn get(
         GetKind::Stored(Kind::Deployment) => c
             .store
             .list(Kind::Deployment, None)
-            .map(|(_, s)| render::deployment_object(&s.applied, &pods))
+            .map(|(k, s)| {
+                render::deployment_object(&s.applied, &pods, c.failure(&k.namespace, &k.name))
+            })
             .collect(),
         GetKind::Stored(k) => c
             .store

@@ -6,7 +6,7 @@
 //! (kube-proxy's DNAT rules and the pods' hosts file). I/O: [`netns`] (a node namespace with a
 //! bridge, pods as namespaces on it), [`mesh`] (a fixed set of pods with the real controller and
 //! proxies, for tests and the demo), [`cluster`] and [`daemon`] (the cluster behind
-//! `smidge local`), [`apps`] (programs that stand in for container images).
+//! `smidge local`), [`userns`] (the same as an ordinary user), [`apps`] (programs that stand in for container images).
 
 pub mod apps;
 pub mod cluster;
@@ -16,4 +16,5 @@ pub mod netns;
 pub mod objects;
 pub mod render;
 pub mod services;
+pub mod userns;
 pub mod workloads;

@@ -202,6 +202,7 @@ impl Mesh {
             }
             let token_file = write_token(
                 &trust,
+                Exemption::Uid,
                 &dir.path().join(format!("{}.token", spec.name)),
                 namespace,
                 spec.service_account,
@@ -210,12 +211,15 @@ impl Mesh {
             )?;
             let mut cmd = proxy_command(
                 &pod,
+                Exemption::Uid,
                 &proxy_bin,
                 &anchor,
                 &token_file,
-                namespace,
-                spec.name,
-                spec.service_account,
+                Workload {
+                    namespace,
+                    pod: spec.name,
+                    service_account: spec.service_account,
+                },
             );
             cmd.args(proxy_args);
             let proxy = Process::spawn(cmd, "smidge-proxy")?;
@@ -351,10 +355,37 @@ impl Mesh {
     }
 }
 
+/// How the proxy keeps its own connections out of the pod's redirect rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exemption {
+    /// The proxy runs as [`PROXY_UID`] (as root, or in Kubernetes).
+    Uid,
+    /// The proxy shares the app's uid and marks its sockets with [`PROXY_MARK`] (in a user
+    /// namespace, where only one uid is mapped).
+    Mark,
+}
+
+/// The firewall mark of the proxy's connections under [`Exemption::Mark`].
+pub const PROXY_MARK: u32 = 0x2102;
+
+impl Exemption {
+    /// `smidge-proxy init`'s arguments for this exemption.
+    pub fn init_args(self) -> Vec<String> {
+        match self {
+            Exemption::Uid => vec![format!("--proxy-uid={PROXY_UID}")],
+            Exemption::Mark => vec![
+                "--proxy-uid=none".to_string(),
+                format!("--proxy-mark={PROXY_MARK:#x}"),
+            ],
+        }
+    }
+}
+
 /// Writes a token proving `namespace`/`service_account` for `pod` to `path`, readable only by
-/// the proxy's uid.
+/// the proxy (its uid, or ours when it shares it).
 pub(crate) fn write_token(
     trust: &smidge_controller::identity::Trust,
+    exemption: Exemption,
     path: &Path,
     namespace: &str,
     service_account: &str,
@@ -370,26 +401,45 @@ pub(crate) fn write_token(
         exp: unix_now() + ttl_secs,
     });
     std::fs::write(path, token).with_context(|| format!("writing {}", path.display()))?;
-    std::os::unix::fs::chown(path, Some(PROXY_UID), Some(PROXY_UID))?;
+    if exemption == Exemption::Uid {
+        std::os::unix::fs::chown(path, Some(PROXY_UID), Some(PROXY_UID))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path.to_path_buf())
 }
 
-/// `smidge-proxy run` inside `pod`, under the proxy's uid, pointed at the node's controller.
+/// Whose proxy: the pod's namespace, name and ServiceAccount.
+pub(crate) struct Workload<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub service_account: &'a str,
+}
+
+/// `smidge-proxy run` inside `pod`, kept out of its own redirect by `exemption`, pointed at the
+/// node's controller.
 pub(crate) fn proxy_command(
     pod: &Pod,
+    exemption: Exemption,
     proxy_bin: &Path,
     anchor: &Path,
     token_file: &Path,
-    namespace: &str,
-    pod_name: &str,
-    service_account: &str,
+    who: Workload<'_>,
 ) -> Command {
-    let mut cmd = pod.command(proxy_bin, Some(PROXY_UID));
-    cmd.args(["run", "--controller"])
+    let mut cmd = match exemption {
+        Exemption::Uid => pod.command(proxy_bin, Some(PROXY_UID)),
+        Exemption::Mark => {
+            let mut c = pod.command(proxy_bin, None);
+            c.arg("run").arg(format!("--socket-mark={PROXY_MARK:#x}"));
+            c
+        }
+    };
+    if exemption == Exemption::Uid {
+        cmd.arg("run");
+    }
+    cmd.arg("--controller")
         .arg(format!("{GATEWAY}:{CONTROLLER_PORT}"))
-        .args(["--namespace", namespace, "--pod", pod_name])
-        .args(["--service-account", service_account])
+        .args(["--namespace", who.namespace, "--pod", who.pod])
+        .args(["--service-account", who.service_account])
         .arg("--trust-anchor")
         .arg(anchor)
         .arg("--token-file")

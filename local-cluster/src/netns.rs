@@ -227,6 +227,36 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// SIGKILLs every process in session `sid` (a daemon started with `setsid` and everything it
+/// started), except the caller. Returns how many it signalled.
+pub fn kill_session(sid: u32) -> usize {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After "(comm)": state, ppid, pgrp, session.
+        let session = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .and_then(|s| s.parse::<u32>().ok());
+        if session == Some(sid) && pid != me && process_alive(pid) {
+            let target = nix::unistd::Pid::from_raw(pid as i32);
+            if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Removes the namespaces of earlier runs with this `tag` whose program is gone (killed, say),
 /// killing whatever still runs inside them. Returns how many were removed.
 pub fn remove_stale(tag: &str) -> anyhow::Result<usize> {

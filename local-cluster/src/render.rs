@@ -176,8 +176,9 @@ pub fn endpoint_slices(store: &Store, pods: &[PodView]) -> Vec<Value> {
     out
 }
 
-/// A Deployment with its status filled in from its pods.
-pub fn deployment_object(applied: &Value, pods: &[PodView]) -> Value {
+/// A Deployment with its status filled in from its pods, and why its last pod could not be
+/// made (a `ReplicaFailure` condition), if that keeps happening.
+pub fn deployment_object(applied: &Value, pods: &[PodView], failure: Option<&str>) -> Value {
     let mut v = applied.clone();
     let name = v
         .pointer("/metadata/name")
@@ -204,6 +205,9 @@ pub fn deployment_object(applied: &Value, pods: &[PodView]) -> Value {
                 "readyReplicas": ready,
                 "availableReplicas": ready,
                 "updatedReplicas": updated,
+                "conditions": failure.map(|why| vec![json!({
+                    "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": why,
+                })]).unwrap_or_default(),
             }),
         );
     }
@@ -331,7 +335,7 @@ spec:
             .list(Kind::Deployment, None)
             .next()
             .expect("deployment");
-        let d = deployment_object(&stored.applied, &p);
+        let d = deployment_object(&stored.applied, &p, None);
         assert_eq!(d["status"]["replicas"], 2);
         assert_eq!(d["status"]["readyReplicas"], 1);
         assert_eq!(d["status"]["updatedReplicas"], 2);

@@ -102,7 +102,9 @@ pub fn hosts(manifests: &str, pod_namespace: &str) -> String {
 }
 
 /// The node's nat rules for `frontends`, for `iptables-restore --noflush` (IPv4 only). Each
-/// endpoint of an n-endpoint port is picked with probability 1/n, as kube-proxy does.
+/// endpoint of an n-endpoint port is picked with probability 1/n, as kube-proxy does. A port
+/// without endpoints gets no rule: the node has no route to ClusterIPs, so a connection fails
+/// at once (unreachable) instead of hanging.
 pub fn rules(frontends: &[Frontend]) -> String {
     let mut out = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n:{POSTROUTING_CHAIN} - [0:0]\n");
     for f in frontends.iter().filter(|f| f.cluster_ip.is_ipv4()) {
@@ -119,12 +121,6 @@ pub fn rules(frontends: &[Frontend]) -> String {
             };
             out.push_str(&format!(
                 "-A {SERVICES_CHAIN} -d {}/32 -p tcp --dport {}{pick} -j DNAT --to-destination {ip}:{port}\n",
-                f.cluster_ip, f.port
-            ));
-        }
-        if n == 0 {
-            out.push_str(&format!(
-                "-A {SERVICES_CHAIN} -d {}/32 -p tcp --dport {} -j REJECT\n",
                 f.cluster_ip, f.port
             ));
         }

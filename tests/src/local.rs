@@ -16,6 +16,8 @@ pub struct LocalCluster {
     smidge: PathBuf,
     load: PathBuf,
     applied: std::cell::Cell<usize>,
+    /// Runs every command as this uid (an ordinary user) when set.
+    user: Option<u32>,
 }
 
 /// One pod, as `get pods -o yaml` shows it.
@@ -39,14 +41,65 @@ impl LocalCluster {
             smidge: binary("smidge-cli", "smidge")?,
             load: binary("smidge-e2e", "load")?,
             applied: std::cell::Cell::new(0),
+            user: None,
         };
         cluster.ok(&["up"])?;
         Ok(cluster)
     }
 
+    /// `smidge local up` run by the ordinary user `uid`, with copies of the binaries it can
+    /// read and a state directory it owns.
+    pub fn up_as(uid: u32) -> anyhow::Result<LocalCluster> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        for (package, name) in [
+            ("smidge-cli", "smidge"),
+            ("smidge-controller", "smidge-controller"),
+            ("smidge-proxy", "smidge-proxy"),
+            ("smidge-local-cluster", "smidge-echo"),
+            ("smidge-e2e", "load"),
+        ] {
+            std::fs::copy(binary(package, name)?, bin.join(name))?;
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state)?;
+        std::os::unix::fs::chown(&state, Some(uid), Some(uid))?;
+        let cluster = LocalCluster {
+            smidge: bin.join("smidge"),
+            load: bin.join("load"),
+            dir,
+            applied: std::cell::Cell::new(0),
+            user: Some(uid),
+        };
+        cluster.ok(&["up"])?;
+        Ok(cluster)
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("state/daemon.pid"))?;
+        Ok(text.trim().parse()?)
+    }
+
     /// `smidge local ARGS` with this cluster's state directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.smidge);
+        let mut cmd = match self.user {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(&self.smidge)
+                    .env("HOME", self.dir.path());
+                c
+            }
+            None => Command::new(&self.smidge),
+        };
         cmd.arg("local")
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
@@ -83,6 +136,8 @@ impl LocalCluster {
         self.applied.set(n);
         let file = self.dir.path().join(format!("apply-{n}.yaml"));
         std::fs::write(&file, yaml)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
         let path = file.display().to_string();
         self.ok(&["apply", "-f", &path, "--wait"])
     }

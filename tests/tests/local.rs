@@ -340,3 +340,48 @@ fn no_request_fails_while_the_controller_restarts() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_ordinary_user_runs_the_cluster_in_user_namespaces() -> anyhow::Result<()> {
+    const NOBODY: u32 = 65534;
+    let cluster = LocalCluster::up_as(NOBODY)?;
+    let pid = cluster.daemon_pid()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default();
+    assert_eq!(
+        uid_line.split_whitespace().nth(2),
+        Some("65534"),
+        "the daemon must not run as root: {uid_line}"
+    );
+    cluster.apply(&shop(100, 0))?;
+    // Its namespaces live in its own mount namespace: the host sees none of them.
+    let host: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !host.iter().any(|n| n.contains(&format!("-{pid}-"))),
+        "{host:?}"
+    );
+
+    let client = cluster.pod("shop", "client")?.name;
+    let intruder = cluster.pod("shop", "intruder")?.name;
+    let events = cluster.load("shop", &client, &[URL, "--requests", "20"])?;
+    assert_eq!(
+        statuses(&events),
+        BTreeMap::from([(200, 20)]),
+        "{}",
+        cluster.logs()
+    );
+    assert_eq!(count(&events, |e| e.2 == "web-v1"), 20);
+    // The proxies intercept and authorize here too.
+    let denied = cluster.load("shop", &intruder, &[URL, "--requests", "5"])?;
+    assert_eq!(statuses(&denied), BTreeMap::from([(403, 5)]));
+    Ok(())
+}
