@@ -35,6 +35,8 @@ const ADMIN_PORT: u16 = 4191;
 /// Tokens outlive any local session; the proxy renews its certificate with the same token.
 const TOKEN_TTL_SECS: u64 = 365 * 86_400;
 const FIRST_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 1, 1);
+/// Pod addresses from [`FIRST_POD_IP`] on, staying inside 10.88.0.0/16.
+const POD_ADDRESSES: u32 = 65_000;
 
 /// Where the programs are: the controller, the proxy, and the stand-ins for images.
 #[derive(Clone, Debug)]
@@ -162,6 +164,8 @@ pub struct Cluster {
     /// The manifests last written, to write (and re-apply rules) only on change.
     written: String,
     names: u64,
+    /// Offset of the last pod address handed out.
+    last_ip: u32,
     exemption: Exemption,
     /// Deployments whose last pod could not be made: when, how many times in a row, and why.
     failures: BTreeMap<(String, String), (Instant, u32, String)>,
@@ -238,6 +242,7 @@ impl Cluster {
             manifests,
             written,
             names: u64::from(std::process::id()) << 20,
+            last_ip: POD_ADDRESSES - 1,
             exemption,
             failures: BTreeMap::new(),
             node,
@@ -414,12 +419,17 @@ impl Cluster {
         }
     }
 
-    fn free_ip(&self) -> anyhow::Result<Ipv4Addr> {
+    /// The next free pod address after the last one handed out, as host-local IPAM does: an
+    /// address just freed is not reused at once, so peers' neighbour caches holding the old
+    /// pod's MAC cannot strand traffic to a new pod.
+    fn free_ip(&mut self) -> anyhow::Result<Ipv4Addr> {
         let start = u32::from(FIRST_POD_IP);
-        (0..60_000u32)
-            .map(|i| Ipv4Addr::from(start + i))
+        let ip = (1..=POD_ADDRESSES)
+            .map(|i| Ipv4Addr::from(start + (self.last_ip + i) % POD_ADDRESSES))
             .find(|ip| !self.pods.values().any(|p| p.view.ip == *ip))
-            .context("the pod network 10.88.0.0/16 is full")
+            .context("the pod network 10.88.0.0/16 is full")?;
+        self.last_ip = u32::from(ip) - start;
+        Ok(ip)
     }
 
     fn create_pod(

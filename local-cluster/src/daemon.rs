@@ -303,6 +303,8 @@ enum GetKind {
     Stored(Kind),
     Pod,
     EndpointSlice,
+    /// The SMI CRDs smidge installs, as the API server would show them once established.
+    Crd,
 }
 
 fn get_kind(text: &str) -> Option<GetKind> {
@@ -311,6 +313,7 @@ fn get_kind(text: &str) -> Option<GetKind> {
     Some(match t.as_str() {
         "pod" | "pods" | "po" => GetKind::Pod,
         "endpointslice" | "endpointslices" => GetKind::EndpointSlice,
+        "customresourcedefinition" | "customresourcedefinitions" | "crd" | "crds" => GetKind::Crd,
         "namespace" | "namespaces" | "ns" => GetKind::Stored(Kind::Namespace),
         "serviceaccount" | "serviceaccounts" | "sa" => GetKind::Stored(Kind::ServiceAccount),
         "service" | "services" | "svc" => GetKind::Stored(Kind::Service),
@@ -332,7 +335,7 @@ fn get(
     yaml: bool,
 ) -> anyhow::Result<String> {
     let Some(which) = get_kind(kind) else {
-        bail!("the local cluster has no resource type {kind:?} (it has pods, endpointslices, namespaces, serviceaccounts, services, deployments, httproutegroups, tcproutes, udproutes, traffictargets, trafficsplits)");
+        bail!("the local cluster has no resource type {kind:?} (it has pods, endpointslices, customresourcedefinitions, namespaces, serviceaccounts, services, deployments, httproutegroups, tcproutes, udproutes, traffictargets, trafficsplits)");
     };
     let pods = c.pod_views();
     let ns_of = |v: &serde_json::Value| {
@@ -347,10 +350,11 @@ fn get(
             .unwrap_or("")
             .to_string()
     };
-    let namespaced = !matches!(which, GetKind::Stored(Kind::Namespace));
+    let namespaced = !matches!(which, GetKind::Stored(Kind::Namespace) | GetKind::Crd);
     let objects: Vec<serde_json::Value> = match &which {
         GetKind::Pod => pods.iter().map(render::pod_object).collect(),
         GetKind::EndpointSlice => render::endpoint_slices(&c.store, &pods),
+        GetKind::Crd => crds(),
         GetKind::Stored(Kind::Deployment) => c
             .store
             .list(Kind::Deployment, None)
@@ -481,6 +485,36 @@ fn get(
         header.insert(0, "NAMESPACE".into());
     }
     Ok(table(&header, &rows))
+}
+
+/// The SMI CRDs with the status an API server gives them: names accepted, established.
+fn crds() -> Vec<serde_json::Value> {
+    smidge_controller::crds::all()
+        .into_iter()
+        .filter_map(|(_, crd)| serde_json::to_value(&crd).ok())
+        .map(|mut v| {
+            let names = v.pointer("/spec/names").cloned().unwrap_or_default();
+            let versions: Vec<serde_json::Value> = v
+                .pointer("/spec/versions")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|ver| ver["storage"] == true)
+                .map(|ver| ver["name"].clone())
+                .collect();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "status".into(),
+                    serde_json::json!({
+                        "acceptedNames": names,
+                        "storedVersions": versions,
+                        "conditions": [{"type": "Established", "status": "True"}],
+                    }),
+                );
+            }
+            v
+        })
+        .collect()
 }
 
 /// Columns padded to their widest cell, as kubectl prints them.

@@ -171,13 +171,14 @@ fn etc_dir(netns: &str) -> std::path::PathBuf {
 }
 
 impl Pod {
-    /// The `/etc/hosts` programs started in this pod (with [`Pod::command`]) see.
+    /// The `/etc/hosts` programs started in this pod (with [`Pod::command`]) see. Written in
+    /// place: `ip netns exec` bind-mounts the file itself, so programs already running keep the
+    /// inode they were given and would never see a replacement.
     pub fn write_hosts(&self, text: &str) -> anyhow::Result<()> {
         let dir = etc_dir(&self.netns);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join("hosts.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, dir.join("hosts"))?;
+        let path = dir.join("hosts");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 
