@@ -162,16 +162,17 @@ impl App {
             Ok(b) => b.to_bytes(),
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
         };
-        let call: CallRequest =
-            match serde_json::from_slice(&body) {
-                Ok(c) => c,
-                Err(e) => return text(
+        let call: CallRequest = match serde_json::from_slice(&body) {
+            Ok(c) => c,
+            Err(e) => {
+                return text(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "the body must be {{\"url\", \"method\", \"headers\", \"body\"}}: {e}\n"
                     ),
-                ),
-            };
+                )
+            }
+        };
         let method = if call.method.is_empty() {
             "GET"
         } else {
