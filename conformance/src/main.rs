@@ -32,6 +32,9 @@ enum Command {
         /// Leave the cluster and the case namespaces in place afterwards.
         #[arg(long)]
         keep: bool,
+        /// The harness image for --target kube (this repository's sample app).
+        #[arg(long, default_value = "ghcr.io/smidge-mesh/sample-app:latest")]
+        harness_image: String,
         /// Write the report as JSON (Meshery's result shape) to this file.
         #[arg(long, default_value = "conformance-report.json")]
         report: PathBuf,
@@ -44,7 +47,7 @@ enum Command {
 enum TargetKind {
     /// The local cluster (`smidge local`), started for the run.
     Local,
-    /// The current kubectl context.
+    /// The current kubectl context (or the in-cluster config).
     Kube,
 }
 
@@ -130,6 +133,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         target: kind,
         state_dir,
         keep,
+        harness_image,
         report: report_path,
         paths,
     } = cli.command;
@@ -142,9 +146,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
     let state = state_dir.unwrap_or_else(|| scratch.path().join("cluster"));
     let mut target: Box<dyn target::Target> = match kind {
         TargetKind::Local => Box::new(target::Local::start(&programs, &state)?),
-        TargetKind::Kube => {
-            bail!("--target kube is not built yet: run against the local cluster (--target local)")
-        }
+        TargetKind::Kube => Box::new(target::Kube::start(&harness_image)?),
     };
     let mut results = Vec::new();
     for case in &cases {

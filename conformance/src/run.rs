@@ -167,7 +167,11 @@ fn object_problems(target: &mut dyn Target, step: &Step) -> Result<Vec<String>, 
         let namespace = expected
             .pointer("/metadata/namespace")
             .and_then(Value::as_str);
-        let actual = target.get(kind, namespace, name)?;
+        let api_version = expected
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let actual = target.get(api_version, kind, namespace, name)?;
         match (actual, must_exist) {
             (None, true) => problems.push(format!("{} does not exist", describe(expected))),
             (Some(a), true) => {

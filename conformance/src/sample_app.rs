@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 pub const SERVICE_NAME_HEADER: &str = "ServiceName";
 /// What `ReqReceived` records for a caller without that header.
 pub const UNIDENTIFIED: &str = "Unidentified";
+/// On `/call`'s answer: the callee's status and body are relayed (so a harness reached through
+/// a proxy can tell them from the proxy's own errors).
+pub const RELAYED_HEADER: &str = "smidge-relayed";
+/// On `/call`'s answer when the callee gave no response at all: why.
+pub const CALL_ERROR_HEADER: &str = "smidge-call-error";
 /// The port when `PORT` is not set.
 pub const DEFAULT_PORT: u16 = 9091;
 
@@ -210,12 +215,19 @@ impl App {
                 if let Ok(mut c) = self.counters.lock() {
                     c.record(record, status.as_u16());
                 }
-                text(status, body)
+                let mut r = text(status, body);
+                r.headers_mut()
+                    .insert(RELAYED_HEADER, http::HeaderValue::from_static("1"));
+                r
             }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("calling {}: {e}\n", call.url),
-            ),
+            Err(e) => {
+                let why = format!("calling {}: {e}", call.url);
+                let mut r = text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n"));
+                if let Ok(v) = http::HeaderValue::from_str(&why) {
+                    r.headers_mut().insert(CALL_ERROR_HEADER, v);
+                }
+                r
+            }
         }
     }
 }

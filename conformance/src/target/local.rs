@@ -1,6 +1,5 @@
-//! Where cases run. [`Local`] is the local cluster (`smidge local`); every object operation goes
-//! to its daemon, and traffic is made from a harness pod, as upstream makes it from a pod in the
-//! cluster.
+//! The local cluster as a target: object operations go to its daemon; calls are made by
+//! `smidge local exec` in the harness pod.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,29 +8,8 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 use smidge_local_cluster::daemon::{self, Request};
 
+use super::{Target, HARNESS_NAMESPACE};
 use crate::case::ObjectRef;
-
-/// The namespace of the harness pod that makes the calls.
-pub const HARNESS_NAMESPACE: &str = "smidge-conformance";
-/// Its ServiceAccount; cases grant it access to the apps they deploy.
-pub const HARNESS_SERVICE_ACCOUNT: &str = "harness";
-
-/// What the runner needs from a cluster.
-pub trait Target {
-    /// Creates or updates objects; the error names each object refused and why.
-    fn apply(&mut self, objects: &[Value]) -> Result<(), String>;
-    /// Deletes objects; ones already gone are fine.
-    fn delete(&mut self, refs: &[ObjectRef]) -> Result<(), String>;
-    /// One object, or `None` when it does not exist.
-    fn get(
-        &mut self,
-        kind: &str,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Option<Value>, String>;
-    /// An HTTP request made from the harness pod: the status and body.
-    fn fetch(&mut self, method: &str, url: &str, body: &str) -> Result<(u16, String), String>;
-}
 
 /// The local cluster, started for the run (or an existing one in `state_dir`).
 pub struct Local {
@@ -43,6 +21,7 @@ pub struct Local {
     owned: bool,
 }
 
+/// The harness: a sample app with its own ServiceAccount, meshed.
 const HARNESS: &str = r#"apiVersion: v1
 kind: Namespace
 metadata: {name: smidge-conformance, labels: {smidge.io/inject: enabled}}
@@ -138,7 +117,7 @@ impl Local {
 }
 
 /// The documents of a multi-document YAML text.
-fn documents(text: &str) -> Vec<Value> {
+pub(super) fn documents(text: &str) -> Vec<Value> {
     use serde::Deserialize;
     serde_yaml_ng::Deserializer::from_str(text)
         .filter_map(|d| Value::deserialize(d).ok())
@@ -146,7 +125,7 @@ fn documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn to_yaml(objects: &[Value]) -> String {
+pub(super) fn to_yaml(objects: &[Value]) -> String {
     objects
         .iter()
         .filter_map(|o| serde_yaml_ng::to_string(o).ok())
@@ -202,6 +181,7 @@ impl Target for Local {
 
     fn get(
         &mut self,
+        _api_version: &str,
         kind: &str,
         namespace: Option<&str>,
         name: &str,
