@@ -218,16 +218,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             batch = rx.recv() => {
                 let Some((events, mut reports)) = batch else { anyhow::bail!("the provider stopped") };
                 let n = events.len();
-                let (changed, objects, views) = {
-                    let mut r = registry.lock().map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
-                    let changed = r.apply(events);
+                // Compiling and diagnosing a large mesh is CPU work: done in place of a worker
+                // thread, so the proxies' connection tasks (woken by the new views) move to
+                // another worker instead of waiting behind it.
+                let started = std::time::Instant::now();
+                let (changed, objects, views, applied_in) = tokio::task::block_in_place(|| {
+                    let changed = {
+                        let mut r = registry.lock().map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+                        r.apply(events)
+                    };
+                    let applied_in = started.elapsed();
+                    let r = registry.lock().map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
                     for p in diagnose::all(r.index(), Scope { only_where_present: false }) {
                         reports.push(Report { severity: Severity::Warning, file: None, object: p.object.to_string(), field: p.finding.field, message: p.finding.message });
                     }
-                    (changed, r.index().len(), r.view_count())
-                };
+                    anyhow::Ok((changed, r.index().len(), r.view_count(), applied_in))
+                })?;
                 if n > 0 {
-                    tracing::info!(events = n, views_changed = changed, objects, "applied changes");
+                    tracing::info!(events = n, views_changed = changed, objects, apply_ms = applied_in.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "applied changes");
                 }
                 for report in reports.iter().filter(|r| !shown.contains(r)) {
                     match report.severity {

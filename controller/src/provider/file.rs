@@ -33,6 +33,13 @@ pub struct FileSet {
 impl FileSet {
     /// Takes a file's new text (`None`: the file is gone) and returns the resulting index events.
     pub fn update(&mut self, path: &Path, text: Option<String>) -> Vec<Event> {
+        // Only the objects this file had or has can change: the rest of the mesh is not looked
+        // at (a split edit beside a file of 50,000 endpoints costs what the split costs).
+        let mut touched: Vec<ObjectId> = self
+            .files
+            .get(path)
+            .map(|f| f.objects.keys().cloned().collect())
+            .unwrap_or_default();
         match text {
             None => {
                 self.files.remove(path);
@@ -43,10 +50,13 @@ impl FileSet {
                 }
                 let old = self.files.remove(path).unwrap_or_default();
                 let state = read_state(path, text, old);
+                touched.extend(state.objects.keys().cloned());
                 self.files.insert(path.to_path_buf(), state);
             }
         }
-        self.recompute()
+        touched.sort();
+        touched.dedup();
+        self.recompute(&touched)
     }
 
     /// Every current report, file by file.
@@ -61,25 +71,29 @@ impl FileSet {
         self.files.keys()
     }
 
-    fn recompute(&mut self) -> Vec<Event> {
-        let mut next: HashMap<ObjectId, Object> = HashMap::new();
-        for state in self.files.values() {
-            for (id, obj) in &state.objects {
-                next.insert(id.clone(), obj.clone());
-            }
-        }
+    /// The events for `ids`: each one's effective object is the last file's (in path order)
+    /// that has it.
+    fn recompute(&mut self, ids: &[ObjectId]) -> Vec<Event> {
         let mut events: Vec<Event> = Vec::new();
-        for (id, obj) in &next {
-            if self.effective.get(id) != Some(obj) {
-                events.push(Event::Apply(obj.clone()));
+        for id in ids {
+            let next = self
+                .files
+                .values()
+                .rev()
+                .find_map(|state| state.objects.get(id));
+            match next {
+                Some(obj) if self.effective.get(id) != Some(obj) => {
+                    self.effective.insert(id.clone(), obj.clone());
+                    events.push(Event::Apply(obj.clone()));
+                }
+                Some(_) => {}
+                None => {
+                    if self.effective.remove(id).is_some() {
+                        events.push(Event::Delete(id.clone()));
+                    }
+                }
             }
         }
-        for id in self.effective.keys() {
-            if !next.contains_key(id) {
-                events.push(Event::Delete(id.clone()));
-            }
-        }
-        self.effective = next;
         events
     }
 }
@@ -182,7 +196,11 @@ fn scan(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, (SystemTime, u64)>> {
 pub async fn run(dir: PathBuf, tx: mpsc::Sender<(Vec<Event>, Vec<Report>)>) -> anyhow::Result<()> {
     use anyhow::Context;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Reading the files (ours included) is not a change; waking on it would spin.
+        if res.is_ok_and(|e| matches!(e.kind, notify::EventKind::Access(_))) {
+            return;
+        }
         let _ = wake_tx.try_send(());
     })
     .context("starting the file watcher")?;
@@ -192,6 +210,8 @@ pub async fn run(dir: PathBuf, tx: mpsc::Sender<(Vec<Event>, Vec<Report>)>) -> a
 
     let mut set = FileSet::default();
     let mut seen: BTreeMap<PathBuf, (SystemTime, u64)> = BTreeMap::new();
+    let mut first = true;
+    let mut last_reports: Vec<Report> = Vec::new();
     loop {
         let now = match scan(&dir) {
             Ok(files) => files,
@@ -216,8 +236,16 @@ pub async fn run(dir: PathBuf, tx: mpsc::Sender<(Vec<Event>, Vec<Report>)>) -> a
             }
         }
         seen = now;
-        if tx.send((events, set.reports())).await.is_err() {
-            return Ok(());
+        let reports = set.reports();
+        // The first read is always sent (it makes the controller ready), later ones only when
+        // something changed.
+        if first || !events.is_empty() || reports != last_reports {
+            first = false;
+            tracing::debug!(events = events.len(), "manifests read");
+            last_reports = reports.clone();
+            if tx.send((events, reports)).await.is_err() {
+                return Ok(());
+            }
         }
         // Wait for a change (or re-check every few seconds in case an event was missed), then let
         // a burst of writes settle.
@@ -268,6 +296,40 @@ mod tests {
             ["apply TrafficSplit n/s"]
         );
         assert!(set.reports().is_empty());
+    }
+
+    #[test]
+    fn a_later_file_wins_and_the_earlier_version_returns_when_it_goes() {
+        let mut set = FileSet::default();
+        let (a, b) = (Path::new("/m/a.yaml"), Path::new("/m/b.yaml"));
+        let one = SPLIT.replace("WEIGHT", "1");
+        let two = SPLIT.replace("WEIGHT", "2");
+        assert_eq!(
+            applied(&set.update(a, Some(format!("{SVC}---\n{one}")))).len(),
+            2
+        );
+        assert_eq!(
+            applied(&set.update(b, Some(two.clone()))),
+            ["apply TrafficSplit n/s"]
+        );
+        assert!(
+            set.update(
+                a,
+                Some(format!("{SVC}---\n{}", SPLIT.replace("WEIGHT", "3")))
+            )
+            .is_empty(),
+            "b still wins"
+        );
+        let back = set.update(b, None);
+        assert_eq!(applied(&back), ["apply TrafficSplit n/s"]);
+        match &back[0] {
+            Event::Apply(o) => assert!(format!("{o:?}").contains("weight: 3"), "{o:?}"),
+            Event::Delete(_) => unreachable!(),
+        }
+        assert_eq!(
+            applied(&set.update(a, None)),
+            ["delete ServiceAccount n/a", "delete TrafficSplit n/s"]
+        );
     }
 
     #[test]
