@@ -11,6 +11,16 @@ fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
+/// Steps passed, and steps in all.
+fn totals(results: &[CaseResult]) -> (usize, usize) {
+    let steps = results.iter().flat_map(|c| &c.steps);
+    let passed = steps
+        .clone()
+        .filter(|s| s.outcome == Outcome::Passed)
+        .count();
+    (passed, steps.count())
+}
+
 /// One table per case: step, result, duration, and why a step failed.
 pub fn table(results: &[CaseResult]) -> String {
     let mut out = String::new();
@@ -53,12 +63,7 @@ pub fn table(results: &[CaseResult]) -> String {
             ));
         }
     }
-    let total: usize = results.iter().map(|c| c.steps.len()).sum();
-    let passed: usize = results
-        .iter()
-        .flat_map(|c| &c.steps)
-        .filter(|s| s.outcome == Outcome::Passed)
-        .count();
+    let (passed, total) = totals(results);
     out.push_str(&format!(
         "\n{passed}/{total} steps passed; {}/{} cases passed\n",
         results.iter().filter(|c| c.passed()).count(),
@@ -70,12 +75,7 @@ pub fn table(results: &[CaseResult]) -> String {
 /// Meshery's result shape: cases passed counts steps, capability is FULL when every step
 /// passed, HALF when at least half did, else NONE.
 pub fn meshery_json(results: &[CaseResult], mesh_version: &str, date: &str) -> Value {
-    let total: usize = results.iter().map(|c| c.steps.len()).sum();
-    let passed: usize = results
-        .iter()
-        .flat_map(|c| &c.steps)
-        .filter(|s| s.outcome == Outcome::Passed)
-        .count();
+    let (passed, total) = totals(results);
     let details: Vec<Value> = results
         .iter()
         .map(|c| {

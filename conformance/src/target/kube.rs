@@ -160,11 +160,7 @@ impl Target for Kube {
                 errors.push(format!("{kind} {name}: {e}"));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        super::all_ok(&errors)
     }
 
     fn delete(&mut self, refs: &[ObjectRef]) -> Result<(), String> {
@@ -181,11 +177,7 @@ impl Target for Kube {
                 Err(e) => errors.push(format!("{} {}: {e}", r.kind, r.name)),
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        super::all_ok(&errors)
     }
 
     fn get(

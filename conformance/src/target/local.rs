@@ -172,11 +172,7 @@ impl Target for Local {
             .lines()
             .filter(|l| l.starts_with("error") && !l.ends_with("not found"))
             .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        super::all_ok(&errors)
     }
 
     fn get(

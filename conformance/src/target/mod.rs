@@ -33,3 +33,16 @@ pub trait Target {
     /// An HTTP request made from the harness pod: the status and body.
     fn fetch(&mut self, method: &str, url: &str, body: &str) -> Result<(u16, String), String>;
 }
+
+/// `Ok` when nothing went wrong, else every error, joined.
+fn all_ok<S: AsRef<str>>(errors: &[S]) -> Result<(), String> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}
