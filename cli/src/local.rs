@@ -265,16 +265,15 @@ pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
             &Request::Wait { timeout_secs },
         )?)),
         LocalCommand::Down => {
-            if daemon::running(state).is_none() {
+            let Some(pid) = daemon::running(state) else {
                 let cleaned = clean_stale(state)?;
                 println!("no local cluster is running{cleaned}");
                 return Ok(ExitCode::SUCCESS);
-            }
-            let pid = daemon::running(state);
+            };
             let r = daemon::request(state, &Request::Down)?;
             // Return once the daemon has removed everything and exited.
             let deadline = Instant::now() + Duration::from_secs(30);
-            while pid.is_some_and(smidge_local_cluster::netns::process_alive) {
+            while smidge_local_cluster::netns::process_alive(pid) {
                 if Instant::now() > deadline {
                     bail!("the daemon did not exit within 30 s");
                 }

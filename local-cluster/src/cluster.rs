@@ -163,6 +163,8 @@ pub struct Cluster {
     manifests: PathBuf,
     /// The manifests last written, to write (and re-apply rules) only on change.
     written: String,
+    /// What they were last rendered from: the store's revision and the pods.
+    published: Option<(u64, Vec<PodView>)>,
     names: u64,
     /// Offset of the last pod address handed out.
     last_ip: u32,
@@ -241,6 +243,7 @@ impl Cluster {
             anchor,
             manifests,
             written,
+            published: None,
             names: u64::from(std::process::id()) << 20,
             last_ip: POD_ADDRESSES - 1,
             exemption,
@@ -669,31 +672,41 @@ impl Cluster {
     /// when what they are made from changed.
     fn publish(&mut self) -> anyhow::Result<()> {
         let views = self.views();
-        let text = render::controller_manifests(&self.store, &views);
+        // Most reconciles change nothing: skip rendering when its inputs are the same.
+        let inputs = (self.store.revision, views);
+        if self.published.as_ref() == Some(&inputs) {
+            return Ok(());
+        }
+        let text = render::controller_manifests(&self.store, &inputs.1);
         if text == self.written {
+            self.published = Some(inputs);
             return Ok(());
         }
         let tmp = self.manifests.with_extension("tmp");
         std::fs::write(&tmp, &text)?;
         std::fs::rename(&tmp, &self.manifests)?;
         apply_services(self.node.netns(), &text)?;
-        let old_hosts: BTreeMap<&str, String> = self
+        // A pod's hosts file depends only on its namespace: one comparison per namespace.
+        let namespaces: std::collections::BTreeSet<&str> = self
             .pods
             .values()
-            .map(|p| {
-                (
-                    p.view.namespace.as_str(),
-                    crate::services::hosts(&self.written, &p.view.namespace),
-                )
+            .map(|p| p.view.namespace.as_str())
+            .collect();
+        let changed: BTreeMap<&str, String> = namespaces
+            .into_iter()
+            .filter_map(|ns| {
+                let hosts = crate::services::hosts(&text, ns);
+                (crate::services::hosts(&self.written, ns) != hosts).then_some((ns, hosts))
             })
             .collect();
         for pod in self.pods.values() {
-            let hosts = crate::services::hosts(&text, &pod.view.namespace);
-            if old_hosts.get(pod.view.namespace.as_str()) != Some(&hosts) {
-                pod.netns.write_hosts(&hosts)?;
+            if let Some(hosts) = changed.get(pod.view.namespace.as_str()) {
+                pod.netns.write_hosts(hosts)?;
             }
         }
         self.written = text;
+        // Only once everything is written: a failure is retried on the next reconcile.
+        self.published = Some(inputs);
         Ok(())
     }
 
