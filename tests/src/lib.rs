@@ -31,8 +31,11 @@ fn profile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// The path of a workspace binary, built (once per process, in this program's profile) if needed.
-/// Every binary is built in one `cargo build --workspace --bins`, the same command `.ci/run` runs
-/// beforehand, so features resolve the same way and nothing is rebuilt while tests run.
+///
+/// Debug builds run `cargo build --workspace --all-targets`: the same units `cargo nextest run
+/// --workspace` and `.ci/run` build, with dev-dependency features unified the same way, so it is a
+/// no-op under the test runner. (A `--bins` build resolves features without dev-dependencies and
+/// would rebuild the binaries over the test build's copies, and back again, on every run.)
 pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = profile_dir()?;
@@ -40,9 +43,11 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+        cmd.args(["build", "--quiet", "--workspace"]);
         if release {
-            cmd.arg("--release");
+            cmd.args(["--release", "--bins"]);
+        } else {
+            cmd.arg("--all-targets");
         }
         let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +56,7 @@ pub fn binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("cargo build --workspace --bins failed: {status}"))
+            Err(format!("cargo build --workspace failed: {status}"))
         }
     });
     built
