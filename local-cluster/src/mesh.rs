@@ -34,7 +34,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Process> {
+    /// Starts `cmd` with its stderr collected (and `RUST_LOG=info`).
+    pub fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Process> {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -139,7 +139,7 @@ struct InitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = smidge_proxy::identity::crypto_provider().install_default();
     init_logging(cli.log_format);
     match cli.command {
         Cmd::Init(args) => {

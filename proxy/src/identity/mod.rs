@@ -24,6 +24,21 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// after the handshake (so server-speaks-first ports need no detection on the server side).
 pub const ALPN_OPAQUE: &[u8] = b"smidge-opaque/1";
 
+/// The proxy's TLS crypto: ring, TLS 1.3 suites with AES-128-GCM first. Both ends are smidge
+/// proxies, so the server's first choice is what the mesh speaks: the cheapest suite on CPUs
+/// with AES instructions, and the one every FIPS profile allows.
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::cipher_suite;
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
 /// Everything the proxy needs to take part in mTLS.
 pub struct MeshIdentity {
     pub identity: Identity,
