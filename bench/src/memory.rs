@@ -37,7 +37,11 @@ impl Scale {
         Scale {
             idle_connections: 1000,
             large_mesh: 10_000,
-            load: Plan::quick(),
+            load: Plan {
+                warmup: Duration::from_millis(300),
+                window: Duration::from_secs(1),
+                ..Plan::quick()
+            },
         }
     }
 }
@@ -69,7 +73,12 @@ fn per_connection<T>(
     open: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<f64> {
     let before = procstat::memory(pid)?;
+    let t = std::time::Instant::now();
     let held = open()?;
+    eprintln!(
+        "  {n} connections opened in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     // Let the proxy finish with what the connections' first requests left behind.
     std::thread::sleep(Duration::from_millis(500));
     let after = procstat::memory(pid)?;
@@ -79,6 +88,7 @@ fn per_connection<T>(
 
 pub fn run(bins: &Path, scale: Scale, quick: bool) -> anyhow::Result<Report> {
     let mut report = Report::new(if quick { "memory (quick)" } else { "memory" });
+    let started = std::time::Instant::now();
     let topology = Topology::start(bins, "bench-mem", 0, true)?;
     for (kind, why) in &topology.missing {
         report.note(format!("{}: {why}", kind.name()));
@@ -111,6 +121,10 @@ pub fn run(bins: &Path, scale: Scale, quick: bool) -> anyhow::Result<Report> {
         ));
     }
 
+    eprintln!(
+        "  idle figures read at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let samples = proxy::measure(&topology, scale.load)?;
     let medians = proxy::medians(&samples);
 
@@ -135,6 +149,10 @@ pub fn run(bins: &Path, scale: Scale, quick: bool) -> anyhow::Result<Report> {
         }
     }
     drop(topology);
+    eprintln!(
+        "  per-connection figures read at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let peers = |values: &BTreeMap<String, f64>, unit: &str| -> String {
         values
@@ -225,6 +243,7 @@ pub fn run(bins: &Path, scale: Scale, quick: bool) -> anyhow::Result<Report> {
             m.rss_anon_mib()
         );
         by_size.push((services, m));
+        eprintln!("  at {:.1} s", started.elapsed().as_secs_f64());
     }
     if let [(small_n, small), (large_n, large)] = by_size[..] {
         report.push(Figure::new(

@@ -120,7 +120,9 @@ impl Topology {
     pub fn start(bins: &Path, tag: &str, filler: u32, peers: bool) -> anyhow::Result<Topology> {
         let binaries = Binaries {
             controller: bins.join("smidge-controller"),
-            proxy: bins.join("smidge-proxy"),
+            // Another build of the proxy (with symbols, for a profile; or a variant to compare).
+            proxy: std::env::var_os("SMIDGE_BENCH_PROXY")
+                .map_or_else(|| bins.join("smidge-proxy"), std::path::PathBuf::from),
         };
         let mesh = Mesh::start(
             &binaries,

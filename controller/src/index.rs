@@ -75,26 +75,34 @@ pub fn dep_keys(obj: &Object) -> Vec<DepKey> {
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     objects: BTreeMap<ObjectId, Arc<Object>>,
-    by_key: HashMap<DepKey, BTreeSet<ObjectId>>,
+    /// One `Arc<ObjectId>` per object, shared by every key it is filed under (a set of one
+    /// id would otherwise cost a B-tree node of eleven owned ids).
+    by_key: HashMap<DepKey, BTreeSet<Arc<ObjectId>>>,
 }
 
 impl Index {
     /// Adds or replaces an object; returns the keys whose meaning changed (empty when the object
     /// is the same as before).
-    pub fn apply(&mut self, obj: Object) -> Vec<DepKey> {
-        if self.objects.get(&obj.id).is_some_and(|old| **old == obj) {
+    pub fn apply(&mut self, obj: impl Into<Arc<Object>>) -> Vec<DepKey> {
+        let obj: Arc<Object> = obj.into();
+        if self
+            .objects
+            .get(&obj.id)
+            .is_some_and(|old| Arc::ptr_eq(old, &obj) || **old == *obj)
+        {
             return Vec::new();
         }
         let mut touched = self.delete(&obj.id);
         let keys = dep_keys(&obj);
+        let id = Arc::new(obj.id.clone());
         for key in &keys {
             self.by_key
                 .entry(key.clone())
                 .or_default()
-                .insert(obj.id.clone());
+                .insert(id.clone());
         }
         touched.extend(keys);
-        self.objects.insert(obj.id.clone(), Arc::new(obj));
+        self.objects.insert(obj.id.clone(), obj);
         touched.sort();
         touched.dedup();
         touched
@@ -140,7 +148,7 @@ impl Index {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.objects.get(id))
+            .filter_map(|id| self.objects.get(&**id))
     }
 
     /// The objects of one kind in one namespace, in name order.

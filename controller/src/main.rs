@@ -237,6 +237,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if n > 0 {
                     tracing::info!(events = n, views_changed = changed, objects, apply_ms = applied_in.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "applied changes");
                 }
+                if n >= TRIM_AFTER_EVENTS {
+                    release_free_memory();
+                }
                 for report in reports.iter().filter(|r| !shown.contains(r)) {
                     match report.severity {
                         Severity::Error => tracing::warn!(file = ?report.file, object = %report.object, field = %report.field, "refused: {}", report.message),
@@ -274,5 +277,19 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A batch this large (a first sync, a big file rewritten) leaves the parser's garbage spread
+/// over the allocator's arenas; glibc keeps those pages unless asked.
+const TRIM_AFTER_EVENTS: usize = 1000;
+
+/// Returns free heap pages to the kernel (tens of MiB after a sync of 50,000 endpoints).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it takes no pointers
+    // from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -10,7 +10,8 @@ use crate::model::{Object, ObjectId};
 /// A change for the index.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Apply(Object),
+    /// Shared: the provider, its effective set and the index hold the same allocation.
+    Apply(std::sync::Arc<Object>),
     Delete(ObjectId),
 }
 
