@@ -124,6 +124,10 @@ impl Topology {
             proxy: std::env::var_os("SMIDGE_BENCH_PROXY")
                 .map_or_else(|| bins.join("smidge-proxy"), std::path::PathBuf::from),
         };
+        // Extra `smidge-proxy run` arguments, to compare settings (`--mesh-protocol http1`).
+        let proxy_args: Vec<String> = std::env::var("SMIDGE_BENCH_PROXY_ARGS")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
         let mesh = Mesh::start(
             &binaries,
             tag,
@@ -141,7 +145,7 @@ impl Topology {
                     service_account: "server",
                 },
             ],
-            &[],
+            &proxy_args.iter().map(String::as_str).collect::<Vec<_>>(),
         )?;
         let dir = tempfile::tempdir()?;
         let me = std::env::current_exe()?;

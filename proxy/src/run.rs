@@ -34,6 +34,8 @@ pub struct Config {
     /// The firewall mark on the proxy's own connections (`init --proxy-mark` exempts it).
     pub socket_mark: Option<u32>,
     pub idle_subscription: Duration,
+    /// How the app's HTTP/1 requests cross between proxies.
+    pub mesh_protocol: crate::http::pool::MeshProtocol,
     /// mTLS and the secured control channel; `None` only against a controller without identity.
     pub identity: Option<IdentitySettings>,
 }
@@ -118,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             socket_mark: config.socket_mark,
             idle_timeout: Duration::from_secs(30),
             max_idle_per_addr: 16,
+            mesh_protocol: config.mesh_protocol,
         },
         mesh.clone(),
     );

@@ -106,6 +106,52 @@ fn meshed_traffic_is_tls_on_the_wire_and_the_server_records_the_spiffe_id() -> a
 }
 
 #[test]
+fn with_mesh_protocol_http1_requests_cross_as_http1_over_mtls_and_keep_their_version(
+) -> anyhow::Result<()> {
+    let mesh = start(
+        "h1mesh",
+        &manifests(1, 0, true),
+        &["--mesh-protocol", "http1"],
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sniffer = capture(mesh.node.netns().to_string(), stop.clone());
+    let client = mesh.pod("client").pod.clone();
+    in_pod(&client, || async {
+        let mut h1 = H1::connect(web(80)).await?;
+        for _ in 0..10 {
+            let a = h1.get("web", "/a-secret-path").await?;
+            anyhow::ensure!(a.status == 200, "{a:?}");
+            anyhow::ensure!(a.backend() == "v1", "{a:?}");
+        }
+        anyhow::Ok(())
+    })??;
+    stop.store(true, Ordering::Relaxed);
+    let wire = sniffer
+        .join()
+        .map_err(|_| anyhow::anyhow!("capture panicked"))??;
+    assert!(
+        contains(&wire, b"http/1.1"),
+        "the handshake did not offer ALPN http/1.1"
+    );
+    assert!(
+        !contains(&wire, b"a-secret-path"),
+        "the request path crossed in clear"
+    );
+    let metrics = mesh.metrics("web-v1")?;
+    let seen = metric_sum(
+        &metrics,
+        "smidge_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("src_identity", "spiffe://cluster.local/ns/mesh/sa/client"),
+            ("tls", "true"),
+        ],
+    )?;
+    assert_eq!(seen, 10.0, "{metrics}");
+    Ok(())
+}
+
+#[test]
 fn a_traffic_target_admits_one_service_account_and_refuses_another() -> anyhow::Result<()> {
     // Both callers run the same code; only their ServiceAccounts differ.
     let other_ip = Ipv4Addr::new(10, 88, 0, 14);

@@ -67,6 +67,20 @@ pub struct PoolConfig {
     pub socket_mark: Option<u32>,
     pub idle_timeout: Duration,
     pub max_idle_per_addr: usize,
+    /// How HTTP/1 requests cross to a meshed peer: multiplexed as HTTP/2 on one connection
+    /// (the default), or as HTTP/1.1 on pooled connections.
+    pub mesh_protocol: MeshProtocol,
+}
+
+/// The protocol between proxies for the app's HTTP/1 requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MeshProtocol {
+    /// One multiplexed connection per peer: fewest connections and handshakes.
+    #[default]
+    Http2,
+    /// Pooled HTTP/1.1 connections: no HTTP/2 conversion per request, a connection per
+    /// concurrent request.
+    Http1,
 }
 
 /// Where a request goes: an address and, for a meshed peer, the identity it must prove.
@@ -93,6 +107,11 @@ impl Pool {
             h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How HTTP/1 requests cross to meshed peers.
+    pub fn mesh_protocol(&self) -> MeshProtocol {
+        self.config.mesh_protocol
     }
 
     /// The target as this proxy will reach it: mTLS only when both sides are meshed.

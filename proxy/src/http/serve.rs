@@ -82,7 +82,11 @@ pub async fn forward(
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let version = req.version();
-    if target.peer.is_some() && !upgrade && version != http::Version::HTTP_2 {
+    if target.peer.is_some()
+        && !upgrade
+        && version != http::Version::HTTP_2
+        && pool.mesh_protocol() == super::pool::MeshProtocol::Http2
+    {
         to_mesh_h2(&mut req, addr);
     }
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
