@@ -242,7 +242,6 @@ fn pod(pod: core::Pod) -> Result<Body, Findings> {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
         ips,
-        labels: pod.metadata.labels.unwrap_or_default(),
         inject,
     }))
 }

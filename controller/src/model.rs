@@ -1,7 +1,6 @@
 //! The one internal model every provider feeds and the compiler reads: version-independent,
 //! validated, and small. Conversions from the API shapes live next to those shapes.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -191,12 +190,13 @@ pub struct EndpointAddress {
     pub pod: Option<String>,
 }
 
-/// The mesh-relevant parts of a Pod.
+/// The mesh-relevant parts of a Pod. Nothing else is kept: a mesh has a Pod per endpoint, and
+/// its labels alone (EndpointSlices already say which Service a pod backs) cost more than the
+/// rest of the object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pod {
     pub service_account: String,
     pub ips: Vec<IpAddr>,
-    pub labels: BTreeMap<String, String>,
     /// `Some(true)`/`Some(false)` when the pod's own annotation opts in or out of the mesh.
     pub inject: Option<bool>,
 }
