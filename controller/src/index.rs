@@ -5,14 +5,14 @@
 //! that read one of the keys it touched.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use smidge_protocol::Identity;
 
-use crate::model::{Body, Kind, NsName, Object, ObjectId, RouteKind};
+use crate::model::{Body, ById, Kind, NsName, Object, ObjectId, RouteKind};
 
 /// Something a compiled view can depend on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,7 +74,7 @@ pub fn dep_keys(obj: &Object) -> Vec<DepKey> {
 /// All valid objects, filed by id and by dependency key.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
-    objects: BTreeMap<ObjectId, Arc<Object>>,
+    objects: BTreeSet<ById>,
     /// One `Arc<ObjectId>` per object, shared by every key it is filed under (a set of one
     /// id would otherwise cost a B-tree node of eleven owned ids).
     by_key: HashMap<DepKey, BTreeSet<Arc<ObjectId>>>,
@@ -88,7 +88,7 @@ impl Index {
         if self
             .objects
             .get(&obj.id)
-            .is_some_and(|old| Arc::ptr_eq(old, &obj) || **old == *obj)
+            .is_some_and(|old| Arc::ptr_eq(&old.0, &obj) || *old.0 == *obj)
         {
             return Vec::new();
         }
@@ -102,7 +102,7 @@ impl Index {
                 .insert(id.clone());
         }
         touched.extend(keys);
-        self.objects.insert(obj.id.clone(), obj);
+        self.objects.insert(ById(obj));
         touched.sort();
         touched.dedup();
         touched
@@ -110,7 +110,7 @@ impl Index {
 
     /// Removes an object; returns the keys it was filed under.
     pub fn delete(&mut self, id: &ObjectId) -> Vec<DepKey> {
-        let Some(old) = self.objects.remove(id) else {
+        let Some(ById(old)) = self.objects.take(id) else {
             return Vec::new();
         };
         let keys = dep_keys(&old);
@@ -126,7 +126,7 @@ impl Index {
     }
 
     pub fn get(&self, id: &ObjectId) -> Option<&Arc<Object>> {
-        self.objects.get(id)
+        self.objects.get(id).map(|o| &o.0)
     }
 
     pub fn len(&self) -> usize {
@@ -139,7 +139,7 @@ impl Index {
 
     /// Every object, in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Object>> {
-        self.objects.values()
+        self.objects.iter().map(|o| &o.0)
     }
 
     /// The objects filed under `key`, in id order.
@@ -148,7 +148,7 @@ impl Index {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.objects.get(&**id))
+            .filter_map(|id| self.objects.get(&**id).map(|o| &o.0))
     }
 
     /// The objects of one kind in one namespace, in name order.
@@ -159,16 +159,16 @@ impl Index {
     ) -> impl Iterator<Item = &'a Arc<Object>> + 'a {
         let from = ObjectId::new(kind, namespace, "");
         self.objects
-            .range((Bound::Included(from), Bound::Unbounded))
-            .take_while(move |(id, _)| id.kind == kind && id.key.namespace == namespace)
-            .map(|(_, o)| o)
+            .range::<ObjectId, _>((Bound::Included(from), Bound::Unbounded))
+            .take_while(move |o| o.0.id.kind == kind && o.0.id.key.namespace == namespace)
+            .map(|o| &o.0)
     }
 
     /// The namespaces that hold at least one object.
     pub fn namespaces(&self) -> BTreeSet<String> {
         self.objects
-            .keys()
-            .map(|id| id.key.namespace.clone())
+            .iter()
+            .map(|o| o.0.id.key.namespace.clone())
             .filter(|n| !n.is_empty())
             .collect()
     }

@@ -284,3 +284,40 @@ pub struct TrafficSplit {
     /// HTTPRouteGroup names; only requests matching them are split (v1alpha3+).
     pub matches: Vec<String>,
 }
+
+/// A shared object filed by its own id: a set of these is a map from id to object that does not
+/// keep a second copy of every id (70,000 objects make that worth it).
+#[derive(Clone, Debug)]
+pub struct ById(pub std::sync::Arc<Object>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state)
+    }
+}
+
+impl std::borrow::Borrow<ObjectId> for ById {
+    fn borrow(&self) -> &ObjectId {
+        &self.0.id
+    }
+}

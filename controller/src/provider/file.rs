@@ -4,7 +4,7 @@
 //! reports. A refused object keeps its last good version; a document that cannot even be
 //! identified keeps every object the file had before, since any of them may be the broken one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::{Event, Report, Severity};
 use crate::lint::is_manifest;
 use crate::manifest::{read_file, Outcome};
-use crate::model::{Object, ObjectId};
+use crate::model::{ById, ObjectId};
 
 #[derive(Debug, Default)]
 struct FileState {
@@ -23,7 +23,7 @@ struct FileState {
     /// (19 MB for a mesh of 50,000 endpoints).
     digest: Option<[u8; 32]>,
     /// Shared with the effective set and the index: one allocation per object.
-    objects: BTreeMap<ObjectId, Arc<Object>>,
+    objects: BTreeSet<ById>,
     reports: Vec<Report>,
 }
 
@@ -38,7 +38,7 @@ fn digest(text: &str) -> [u8; 32] {
 #[derive(Debug, Default)]
 pub struct FileSet {
     files: BTreeMap<PathBuf, FileState>,
-    effective: HashMap<ObjectId, Arc<Object>>,
+    effective: HashSet<ById>,
 }
 
 impl FileSet {
@@ -49,7 +49,7 @@ impl FileSet {
         let mut touched: Vec<ObjectId> = self
             .files
             .get(path)
-            .map(|f| f.objects.keys().cloned().collect())
+            .map(|f| f.objects.iter().map(|o| o.0.id.clone()).collect())
             .unwrap_or_default();
         match text {
             None => {
@@ -67,7 +67,7 @@ impl FileSet {
                 let old = self.files.remove(path).unwrap_or_default();
                 let mut state = read_state(path, &text, old);
                 state.digest = Some(digest);
-                touched.extend(state.objects.keys().cloned());
+                touched.extend(state.objects.iter().map(|o| o.0.id.clone()));
                 self.files.insert(path.to_path_buf(), state);
             }
         }
@@ -99,18 +99,18 @@ impl FileSet {
                 .rev()
                 .find_map(|state| state.objects.get(id));
             match next {
-                Some(obj)
+                Some(ById(obj))
                     if !self
                         .effective
                         .get(id)
-                        .is_some_and(|e| Arc::ptr_eq(e, obj) || e == obj) =>
+                        .is_some_and(|e| Arc::ptr_eq(&e.0, obj) || *e.0 == **obj) =>
                 {
-                    self.effective.insert(id.clone(), obj.clone());
+                    self.effective.replace(ById(obj.clone()));
                     events.push(Event::Apply(obj.clone()));
                 }
                 Some(_) => {}
                 None => {
-                    if self.effective.remove(id).is_some() {
+                    if self.effective.remove(id) {
                         events.push(Event::Delete(id.clone()));
                     }
                 }
@@ -121,7 +121,7 @@ impl FileSet {
 }
 
 fn read_state(path: &Path, text: &str, old: FileState) -> FileState {
-    let mut objects = BTreeMap::new();
+    let mut objects = BTreeSet::new();
     let mut reports = Vec::new();
     let mut unidentified_error = false;
     let mut refused = Vec::new();
@@ -143,7 +143,8 @@ fn read_state(path: &Path, text: &str, old: FileState) -> FileState {
                         n.message,
                     ));
                 }
-                objects.insert(object.id.clone(), Arc::new(object));
+                // A later document with the same id wins, as it would in kubectl apply.
+                objects.replace(ById(Arc::new(object)));
             }
             Outcome::Skipped { .. } => {}
             Outcome::Invalid { id, what, errors } => {
@@ -152,7 +153,7 @@ fn read_state(path: &Path, text: &str, old: FileState) -> FileState {
                     None => format!("document {} (line {}) {what}", pos.document, pos.line),
                 };
                 let kept = match &id {
-                    Some(id) if old.objects.contains_key(id) => {
+                    Some(id) if old.objects.contains(id) => {
                         "; the last good version stays in effect"
                     }
                     Some(_) => "; the object is not in effect",
@@ -175,12 +176,16 @@ fn read_state(path: &Path, text: &str, old: FileState) -> FileState {
     }
     for id in refused {
         if let Some(good) = old.objects.get(&id) {
-            objects.entry(id).or_insert_with(|| good.clone());
+            if !objects.contains(&id) {
+                objects.insert(good.clone());
+            }
         }
     }
     if unidentified_error {
-        for (id, obj) in &old.objects {
-            objects.entry(id.clone()).or_insert_with(|| obj.clone());
+        for obj in &old.objects {
+            if !objects.contains(obj) {
+                objects.insert(obj.clone());
+            }
         }
     }
     FileState {
