@@ -52,6 +52,20 @@ fn capture(
     })
 }
 
+/// Requests web-v1's proxy admitted from the client's SPIFFE identity over mTLS.
+fn client_requests_over_mtls(mesh: &Mesh) -> anyhow::Result<f64> {
+    let metrics = mesh.metrics("web-v1")?;
+    metric_sum(
+        &metrics,
+        "smidge_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("src_identity", "spiffe://cluster.local/ns/mesh/sa/client"),
+            ("tls", "true"),
+        ],
+    )
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -91,17 +105,7 @@ fn meshed_traffic_is_tls_on_the_wire_and_the_server_records_the_spiffe_id() -> a
         !contains(&wire, b"x-backend"),
         "the response crossed in clear"
     );
-    let metrics = mesh.metrics("web-v1")?;
-    let seen = metric_sum(
-        &metrics,
-        "smidge_requests_total",
-        &[
-            ("direction", "inbound"),
-            ("src_identity", "spiffe://cluster.local/ns/mesh/sa/client"),
-            ("tls", "true"),
-        ],
-    )?;
-    assert_eq!(seen, 20.0, "{metrics}");
+    assert_eq!(client_requests_over_mtls(&mesh)?, 20.0, "{}", mesh.logs());
     Ok(())
 }
 
@@ -137,17 +141,7 @@ fn with_mesh_protocol_http1_requests_cross_as_http1_over_mtls_and_keep_their_ver
         !contains(&wire, b"a-secret-path"),
         "the request path crossed in clear"
     );
-    let metrics = mesh.metrics("web-v1")?;
-    let seen = metric_sum(
-        &metrics,
-        "smidge_requests_total",
-        &[
-            ("direction", "inbound"),
-            ("src_identity", "spiffe://cluster.local/ns/mesh/sa/client"),
-            ("tls", "true"),
-        ],
-    )?;
-    assert_eq!(seen, 10.0, "{metrics}");
+    assert_eq!(client_requests_over_mtls(&mesh)?, 10.0, "{}", mesh.logs());
     Ok(())
 }
 
