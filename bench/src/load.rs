@@ -149,17 +149,20 @@ pub fn closed_loop(
             let mut conn = setup?;
             while !stop.load(Ordering::Relaxed) {
                 match conn.get() {
-                    Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
-                    Ok(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    Ok(200) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
                         conn = Conn::connect(target.addr, &target.host).context(e)?;
-                        0
                     }
-                };
+                }
             }
             Ok(())
         }));

@@ -224,8 +224,8 @@ pub fn medians(samples: &Samples) -> BTreeMap<String, Medians> {
 pub fn peer_values(
     medians: &BTreeMap<String, Medians>,
     missing: &[(crate::peers::Kind, String)],
-    f: impl Fn(&Medians) -> f64,
-    format: impl Fn(f64) -> String,
+    f: fn(&Medians) -> f64,
+    format: fn(f64) -> String,
 ) -> String {
     let mut parts: Vec<String> = medians
         .iter()
@@ -315,10 +315,13 @@ pub fn run(bins: &Path, plan: Plan, quick: bool) -> anyhow::Result<Report> {
             topology.logs()
         ));
     }
-    let kilo = |v: f64| format!("{:.1}k req/s", v / 1e3);
-    let ms = |v: f64| format!("{v:.3} ms");
-    let us = |v: f64| format!("{v:.0} µs");
-    let mib = |v: f64| format!("{v:.1} MiB");
+    let kilo: fn(f64) -> String = |v| format!("{:.1}k req/s", v / 1e3);
+    let ms: fn(f64) -> String = |v| format!("{v:.3} ms");
+    let us: fn(f64) -> String = |v| format!("{v:.0} µs");
+    let mib: fn(f64) -> String = |v| format!("{v:.1} MiB");
+    let peers = |f: fn(&Medians) -> f64, format: fn(f64) -> String| {
+        peer_values(&medians, &topology.missing, f, format)
+    };
     let best_rps = best_peer(&medians, |m| m.rps, true);
     report.push(
         Figure::new("two-hop max throughput, one core", smidge.rps, "req/s")
@@ -326,7 +329,7 @@ pub fn run(bins: &Path, plan: Plan, quick: bool) -> anyhow::Result<Report> {
                 Some((n, v)) => format!(">= 1.2 x {n} = {:.0}", 1.2 * v),
                 None => ">= 1.2 x the best peer".into(),
             })
-            .peer(peer_values(&medians, &topology.missing, |m| m.rps, kilo)),
+            .peer(peers(|m| m.rps, kilo)),
     );
     if let Some((n, v)) = &best_rps {
         report.push(
@@ -347,59 +350,35 @@ pub fn run(bins: &Path, plan: Plan, quick: bool) -> anyhow::Result<Report> {
         ));
     }
     let best_p99 = best_peer(&medians, |m| m.p99_added, false);
+    let p99 = "latency added by two hops at 1,000 RPS, p99";
     report.push(
-        Figure::new(
-            "latency added by two hops at 1,000 RPS, p99",
-            smidge.p99_added,
-            "ms",
-        )
-        .target(match &best_p99 {
-            Some((n, v)) => format!("<= {n} {v:.3}"),
-            None => "<= the best peer".into(),
-        })
-        .peer(peer_values(
-            &medians,
-            &topology.missing,
-            |m| m.p99_added,
-            ms,
-        )),
+        Figure::new(p99, smidge.p99_added, "ms")
+            .target(match &best_p99 {
+                Some((n, v)) => format!("<= {n} {v:.3}"),
+                None => "<= the best peer".into(),
+            })
+            .peer(peers(|m| m.p99_added, ms)),
     );
+    let p50 = "latency added at 1,000 RPS, p50";
+    report.push(Figure::new(p50, smidge.p50_added, "ms").peer(peers(|m| m.p50_added, ms)));
+    let p999 = "latency added at 1,000 RPS, p99.9";
+    report.push(Figure::new(p999, smidge.p999_added, "ms").peer(peers(|m| m.p999_added, ms)));
+    let cpu = "CPU per request at 1,000 RPS, both proxies";
     report.push(
-        Figure::new("latency added at 1,000 RPS, p50", smidge.p50_added, "ms").peer(peer_values(
-            &medians,
-            &topology.missing,
-            |m| m.p50_added,
-            ms,
-        )),
+        Figure::new(cpu, smidge.cpu_us, "µs")
+            .target("<= 100")
+            .peer(peers(|m| m.cpu_us, us)),
     );
+    let rss = "proxy VmRSS at max load";
     report.push(
-        Figure::new("latency added at 1,000 RPS, p99.9", smidge.p999_added, "ms").peer(
-            peer_values(&medians, &topology.missing, |m| m.p999_added, ms),
-        ),
-    );
-    report.push(
-        Figure::new(
-            "CPU per request at 1,000 RPS, both proxies",
-            smidge.cpu_us,
-            "µs",
-        )
-        .target("<= 100")
-        .peer(peer_values(&medians, &topology.missing, |m| m.cpu_us, us)),
-    );
-    report.push(
-        Figure::new("proxy VmRSS at max load", smidge.max_load_mib, "MiB")
+        Figure::new(rss, smidge.max_load_mib, "MiB")
             .target("<= 6")
-            .peer(peer_values(
-                &medians,
-                &topology.missing,
-                |m| m.max_load_mib,
-                mib,
-            )),
+            .peer(peers(|m| m.max_load_mib, mib)),
     );
+    let anon = "proxy RssAnon at max load";
     report.push(
-        Figure::new("proxy RssAnon at max load", smidge.max_load_anon_mib, "MiB").peer(
-            peer_values(&medians, &topology.missing, |m| m.max_load_anon_mib, mib),
-        ),
+        Figure::new(anon, smidge.max_load_anon_mib, "MiB")
+            .peer(peers(|m| m.max_load_anon_mib, mib)),
     );
     Ok(report)
 }

@@ -75,9 +75,9 @@ pub fn dep_keys(obj: &Object) -> Vec<DepKey> {
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     objects: BTreeSet<ById>,
-    /// One `Arc<ObjectId>` per object, shared by every key it is filed under (a set of one
-    /// id would otherwise cost a B-tree node of eleven owned ids).
-    by_key: HashMap<DepKey, BTreeSet<Arc<ObjectId>>>,
+    /// The same shared objects, by every key they are filed under (a set of one owned id
+    /// would cost a B-tree node of eleven).
+    by_key: HashMap<DepKey, BTreeSet<ById>>,
 }
 
 impl Index {
@@ -85,24 +85,20 @@ impl Index {
     /// is the same as before).
     pub fn apply(&mut self, obj: impl Into<Arc<Object>>) -> Vec<DepKey> {
         let obj: Arc<Object> = obj.into();
-        if self
-            .objects
-            .get(&obj.id)
-            .is_some_and(|old| Arc::ptr_eq(&old.0, &obj) || *old.0 == *obj)
-        {
+        if self.objects.get(&obj.id).is_some_and(|old| old.holds(&obj)) {
             return Vec::new();
         }
         let mut touched = self.delete(&obj.id);
         let keys = dep_keys(&obj);
-        let id = Arc::new(obj.id.clone());
+        let filed = ById(obj);
         for key in &keys {
             self.by_key
                 .entry(key.clone())
                 .or_default()
-                .insert(id.clone());
+                .insert(filed.clone());
         }
         touched.extend(keys);
-        self.objects.insert(ById(obj));
+        self.objects.insert(filed);
         touched.sort();
         touched.dedup();
         touched
@@ -144,11 +140,7 @@ impl Index {
 
     /// The objects filed under `key`, in id order.
     pub fn filed_under(&self, key: &DepKey) -> impl Iterator<Item = &Arc<Object>> {
-        self.by_key
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.objects.get(&**id).map(|o| &o.0))
+        self.by_key.get(key).into_iter().flatten().map(|o| &o.0)
     }
 
     /// The objects of one kind in one namespace, in name order.

@@ -290,6 +290,13 @@ pub struct TrafficSplit {
 #[derive(Clone, Debug)]
 pub struct ById(pub std::sync::Arc<Object>);
 
+impl ById {
+    /// Whether this entry already holds `obj` (the same allocation, or an equal object).
+    pub fn holds(&self, obj: &std::sync::Arc<Object>) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, obj) || *self.0 == **obj
+    }
+}
+
 impl PartialEq for ById {
     fn eq(&self, other: &Self) -> bool {
         self.0.id == other.0.id

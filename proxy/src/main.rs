@@ -86,13 +86,7 @@ struct RunArgs {
     /// How the app's HTTP/1 requests cross to meshed peers: h2 multiplexes them on one mTLS
     /// connection per peer; http1 sends them as HTTP/1.1 on pooled mTLS connections.
     #[arg(long, value_enum, default_value = "h2")]
-    mesh_protocol: MeshProto,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum MeshProto {
-    H2,
-    Http1,
+    mesh_protocol: smidge_proxy::http::pool::MeshProtocol,
 }
 
 /// `--proxy-uid`: a uid, or none.
@@ -218,10 +212,7 @@ fn main() -> ExitCode {
                 connect_timeout: Duration::from_millis(args.connect_timeout_ms),
                 socket_mark: args.socket_mark,
                 idle_subscription: Duration::from_secs(args.idle_subscription_secs),
-                mesh_protocol: match args.mesh_protocol {
-                    MeshProto::H2 => smidge_proxy::http::pool::MeshProtocol::Http2,
-                    MeshProto::Http1 => smidge_proxy::http::pool::MeshProtocol::Http1,
-                },
+                mesh_protocol: args.mesh_protocol,
                 identity,
             };
             let runtime = if threads == 1 {

@@ -66,6 +66,35 @@ fn client_requests_over_mtls(mesh: &Mesh) -> anyhow::Result<f64> {
     )
 }
 
+/// Every frame on the node's bridge while the client sends `n` GETs of `/a-secret-path` to web
+/// on one connection, each answered 200 (by `backend`, when given).
+fn wire_while_client_calls(
+    mesh: &Mesh,
+    n: usize,
+    backend: Option<&'static str>,
+) -> anyhow::Result<Vec<u8>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sniffer = capture(mesh.node.netns().to_string(), stop.clone());
+    let client = mesh.pod("client").pod.clone();
+    let calls = in_pod(&client, move || async move {
+        let mut h1 = H1::connect(web(80)).await?;
+        for _ in 0..n {
+            let a = h1.get("web", "/a-secret-path").await?;
+            anyhow::ensure!(a.status == 200, "{a:?}");
+            if let Some(b) = backend {
+                anyhow::ensure!(a.backend() == b, "{a:?}");
+            }
+        }
+        anyhow::Ok(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let wire = sniffer
+        .join()
+        .map_err(|_| anyhow::anyhow!("capture panicked"))?;
+    calls??;
+    wire
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -73,21 +102,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn meshed_traffic_is_tls_on_the_wire_and_the_server_records_the_spiffe_id() -> anyhow::Result<()> {
     let mesh = start("wire", &manifests(1, 0, true), &[])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sniffer = capture(mesh.node.netns().to_string(), stop.clone());
-    let client = mesh.pod("client").pod.clone();
-    in_pod(&client, || async {
-        let mut h1 = H1::connect(web(80)).await?;
-        for _ in 0..20 {
-            let a = h1.get("web", "/a-secret-path").await?;
-            anyhow::ensure!(a.status == 200, "{a:?}");
-        }
-        anyhow::Ok(())
-    })??;
-    stop.store(true, Ordering::Relaxed);
-    let wire = sniffer
-        .join()
-        .map_err(|_| anyhow::anyhow!("capture panicked"))??;
+    let wire = wire_while_client_calls(&mesh, 20, None)?;
     // The capture works: the ClientHello's server name is visible in clear.
     assert!(
         contains(
@@ -117,22 +132,7 @@ fn with_mesh_protocol_http1_requests_cross_as_http1_over_mtls_and_keep_their_ver
         &manifests(1, 0, true),
         &["--mesh-protocol", "http1"],
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sniffer = capture(mesh.node.netns().to_string(), stop.clone());
-    let client = mesh.pod("client").pod.clone();
-    in_pod(&client, || async {
-        let mut h1 = H1::connect(web(80)).await?;
-        for _ in 0..10 {
-            let a = h1.get("web", "/a-secret-path").await?;
-            anyhow::ensure!(a.status == 200, "{a:?}");
-            anyhow::ensure!(a.backend() == "v1", "{a:?}");
-        }
-        anyhow::Ok(())
-    })??;
-    stop.store(true, Ordering::Relaxed);
-    let wire = sniffer
-        .join()
-        .map_err(|_| anyhow::anyhow!("capture panicked"))??;
+    let wire = wire_while_client_calls(&mesh, 10, Some("v1"))?;
     assert!(
         contains(&wire, b"http/1.1"),
         "the handshake did not offer ALPN http/1.1"

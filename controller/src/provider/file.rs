@@ -65,8 +65,7 @@ impl FileSet {
                     return Vec::new();
                 }
                 let old = self.files.remove(path).unwrap_or_default();
-                let mut state = read_state(path, &text, old);
-                state.digest = Some(digest);
+                let state = read_state(path, &text, digest, old);
                 touched.extend(state.objects.iter().map(|o| o.0.id.clone()));
                 self.files.insert(path.to_path_buf(), state);
             }
@@ -99,12 +98,7 @@ impl FileSet {
                 .rev()
                 .find_map(|state| state.objects.get(id));
             match next {
-                Some(ById(obj))
-                    if !self
-                        .effective
-                        .get(id)
-                        .is_some_and(|e| Arc::ptr_eq(&e.0, obj) || *e.0 == **obj) =>
-                {
+                Some(ById(obj)) if !self.effective.get(id).is_some_and(|e| e.holds(obj)) => {
                     self.effective.replace(ById(obj.clone()));
                     events.push(Event::Apply(obj.clone()));
                 }
@@ -120,7 +114,7 @@ impl FileSet {
     }
 }
 
-fn read_state(path: &Path, text: &str, old: FileState) -> FileState {
+fn read_state(path: &Path, text: &str, digest: [u8; 32], old: FileState) -> FileState {
     let mut objects = BTreeSet::new();
     let mut reports = Vec::new();
     let mut unidentified_error = false;
@@ -189,7 +183,7 @@ fn read_state(path: &Path, text: &str, old: FileState) -> FileState {
         }
     }
     FileState {
-        digest: None,
+        digest: Some(digest),
         objects,
         reports,
     }

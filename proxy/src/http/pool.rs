@@ -73,13 +73,15 @@ pub struct PoolConfig {
 }
 
 /// The protocol between proxies for the app's HTTP/1 requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum MeshProtocol {
     /// One multiplexed connection per peer: fewest connections and handshakes.
     #[default]
+    #[value(name = "h2")]
     Http2,
     /// Pooled HTTP/1.1 connections: no HTTP/2 conversion per request, a connection per
     /// concurrent request.
+    #[value(name = "http1")]
     Http1,
 }
 
