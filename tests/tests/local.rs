@@ -251,18 +251,21 @@ fn traffic_goes_on_to_the_remaining_endpoints_when_a_pod_is_killed() -> anyhow::
         failed.len(),
         events.len()
     );
-    // The other pod answered throughout: in every quarter second after the kill.
+    // The other pod answered throughout: in every second after the kill (at 4 connections
+    // every 5 ms that is ~800 chances a window; a window this wide tolerates a scheduler stall
+    // on a loaded 2-core machine, where a quarter second once did not).
     let survivor = &webs[1];
+    let window = 1000;
     let mut t = kill_ms;
-    while t + 250 < 9000 {
+    while t + window < 9000 {
         assert!(
             events
                 .iter()
-                .any(|e| e.0 >= t && e.0 < t + 250 && e.1 == 200 && e.2 == *survivor),
+                .any(|e| e.0 >= t && e.0 < t + window && e.1 == 200 && e.2 == *survivor),
             "no answer from {survivor} in [{t}, {}) ms",
-            t + 250
+            t + window
         );
-        t += 250;
+        t += window;
     }
     // The killed pod was restarted and serves again.
     let back = cluster.pods("shop")?;
