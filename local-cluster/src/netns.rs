@@ -118,6 +118,7 @@ impl Node {
             "dev",
             "eth0",
         ])?;
+        disable_ipv6(&netns, "eth0");
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         ip(&[
             "-n",
@@ -191,6 +192,28 @@ impl Pod {
     /// live in the pod. Meant for a thread dedicated to that pod.
     pub fn enter(&self) -> anyhow::Result<()> {
         enter_netns(&self.netns)
+    }
+}
+
+/// Turns IPv6 off on `link` inside `netns`: the pods have IPv4 addresses only, and an IPv6
+/// link-local address would only be a way around the proxy. Best effort: `init`'s rules close
+/// that way by themselves, so a kernel without IPv6 (or a refusal) is only logged.
+fn disable_ipv6(netns: &str, link: &str) {
+    let netns = netns.to_string();
+    let path = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+    // A thread of its own: entering the namespace changes the calling thread for good.
+    let done = std::thread::spawn(move || -> anyhow::Result<()> {
+        enter_netns(&netns)?;
+        if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            return Ok(());
+        }
+        std::fs::write(&path, "1").with_context(|| format!("writing {path}"))
+    })
+    .join();
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(link, error = %format!("{e:#}"), "could not turn IPv6 off"),
+        Err(_) => tracing::warn!(link, "turning IPv6 off panicked"),
     }
 }
 

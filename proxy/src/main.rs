@@ -162,7 +162,11 @@ fn main() -> ExitCode {
                 skip_outbound_cidrs: args.skip_outbound_cidrs,
             };
             if args.dry_run {
-                print!("{}", rules.restore_input());
+                print!(
+                    "# iptables-restore --noflush\n{}# ip6tables-restore --noflush\n{}",
+                    rules.restore_input(),
+                    rules.restore_input_v6()
+                );
                 return ExitCode::SUCCESS;
             }
             match init::apply(&rules) {

@@ -6,11 +6,12 @@ use std::process::Command;
 use smidge_e2e::binary;
 use smidge_local_cluster::netns::Node;
 
-fn nat_rules(netns: &str) -> anyhow::Result<String> {
+/// The rules of `table` in the pod, as `save` (iptables-save or ip6tables-save) prints them.
+fn saved(netns: &str, save: &str, table: &str) -> anyhow::Result<String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-save", "-t", "nat"])
+        .args(["netns", "exec", netns, save, "-t", table])
         .output()?;
-    anyhow::ensure!(out.status.success(), "iptables-save failed");
+    anyhow::ensure!(out.status.success(), "{save} failed");
     // Comments carry timestamps; counters change. The rules are what must not.
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -18,6 +19,16 @@ fn nat_rules(netns: &str) -> anyhow::Result<String> {
         .map(|l| l.split(" [").next().unwrap_or(l).to_string())
         .collect::<Vec<_>>()
         .join("\n"))
+}
+
+/// Every table `init` writes, IPv4 and IPv6.
+fn all_rules(netns: &str) -> anyhow::Result<String> {
+    Ok([
+        saved(netns, "iptables-save", "nat")?,
+        saved(netns, "iptables-save", "filter")?,
+        saved(netns, "ip6tables-save", "filter")?,
+    ]
+    .join("\n"))
 }
 
 #[test]
@@ -40,7 +51,7 @@ fn init_twice_leaves_the_same_rules_and_refuses_without_privilege() -> anyhow::R
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let once = nat_rules(&pod.netns)?;
+    let once = all_rules(&pod.netns)?;
     assert!(once.contains("-A OUTPUT -p tcp -j SMIDGE_OUTPUT"), "{once}");
     assert!(
         once.contains("-A PREROUTING -p tcp -j SMIDGE_PREROUTING"),
@@ -49,6 +60,14 @@ fn init_twice_leaves_the_same_rules_and_refuses_without_privilege() -> anyhow::R
     assert!(once.contains("--uid-owner 2102 -j RETURN"), "{once}");
     assert!(once.contains("--to-ports 4140"), "{once}");
     assert!(once.contains("--dport 4191 -j RETURN"), "{once}");
+    let v4 = saved(&pod.netns, "iptables-save", "filter")?;
+    assert!(v4.contains("-A INPUT -p udp -j SMIDGE_GUARD_IN"), "{v4}");
+    assert!(v4.contains("-A SMIDGE_GUARD_IN -p udp -j DROP"), "{v4}");
+    let v6 = saved(&pod.netns, "ip6tables-save", "filter")?;
+    assert!(v6.contains("-A INPUT -j SMIDGE_GUARD_IN"), "{v6}");
+    assert!(v6.contains("-A OUTPUT -j SMIDGE_GUARD_OUT"), "{v6}");
+    assert!(v6.contains("-A SMIDGE_GUARD_IN -p tcp -j DROP"), "{v6}");
+    assert!(v6.contains("-A SMIDGE_GUARD_OUT -p udp -j DROP"), "{v6}");
 
     let second = init(None)?;
     assert!(
@@ -57,7 +76,7 @@ fn init_twice_leaves_the_same_rules_and_refuses_without_privilege() -> anyhow::R
         String::from_utf8_lossy(&second.stderr)
     );
     assert_eq!(
-        nat_rules(&pod.netns)?,
+        all_rules(&pod.netns)?,
         once,
         "a second init changed the rules"
     );
@@ -70,7 +89,7 @@ fn init_twice_leaves_the_same_rules_and_refuses_without_privilege() -> anyhow::R
         "unclear refusal: {said}"
     );
     assert_eq!(
-        nat_rules(&pod.netns)?,
+        all_rules(&pod.netns)?,
         once,
         "the refused init changed the rules"
     );

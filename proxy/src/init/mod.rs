@@ -1,4 +1,5 @@
-//! `smidge-proxy init`: writes the pod's interception rules with the system's iptables.
+//! `smidge-proxy init`: writes the pod's interception rules with the system's iptables and
+//! ip6tables.
 
 pub mod rules;
 
@@ -7,49 +8,72 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-pub use rules::{Cidr, Rules};
+pub use rules::{Cidr, Family, Jump, Rules};
 
-/// Applies `rules`: our chains atomically through `iptables-restore --noflush`, then the jumps
-/// into them unless they are there already. Running it again leaves the same rules.
+/// Applies `rules`: for IPv4 and (when the kernel has IPv6) IPv6, our chains atomically through
+/// `*tables-restore --noflush`, then the jumps into them unless they are there already. Running
+/// it again leaves the same rules.
 pub fn apply(rules: &Rules) -> anyhow::Result<()> {
-    let input = rules.restore_input();
-    let mut child = Command::new("iptables-restore")
+    apply_family(Family::Ipv4, &rules.restore_input(), &Rules::jumps())?;
+    if ipv6_in_kernel() {
+        apply_family(Family::Ipv6, &rules.restore_input_v6(), &Rules::jumps_v6())
+            .context("the IPv6 rules (without them IPv6 would bypass the proxy)")?;
+    } else {
+        tracing::info!("the kernel has no IPv6: no IPv6 rules needed");
+    }
+    Ok(())
+}
+
+/// Whether this network namespace can carry IPv6 at all (a kernel built or booted without it
+/// has no `/proc/sys/net/ipv6`, and nothing to close).
+fn ipv6_in_kernel() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
+}
+
+fn apply_family(family: Family, input: &str, jumps: &[Jump]) -> anyhow::Result<()> {
+    let restore = family.restore();
+    let mut child = Command::new(restore)
         .arg("--noflush")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| missing_or(e, "iptables-restore"))?;
+        .map_err(|e| missing_or(e, restore))?;
     child
         .stdin
         .take()
-        .context("iptables-restore stdin")?
+        .with_context(|| format!("{restore} stdin"))?
         .write_all(input.as_bytes())
-        .context("writing the rules to iptables-restore")?;
+        .with_context(|| format!("writing the rules to {restore}"))?;
     let out = child
         .wait_with_output()
-        .context("waiting for iptables-restore")?;
+        .with_context(|| format!("waiting for {restore}"))?;
     if !out.status.success() {
-        bail!(explain("iptables-restore", &out.stderr));
+        bail!(explain(restore, &out.stderr));
     }
-    for (builtin, ours) in Rules::jumps() {
-        let args = ["-t", "nat", "-C", builtin, "-p", "tcp", "-j", ours];
-        let present = Command::new("iptables")
-            .args(args)
+    let program = family.program();
+    for jump in jumps {
+        let rule = |op: &'static str| {
+            let mut args = vec!["-t", jump.table, op, jump.builtin];
+            args.extend(jump.args());
+            args
+        };
+        let present = Command::new(program)
+            .args(rule("-C"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(|e| missing_or(e, "iptables"))?
+            .map_err(|e| missing_or(e, program))?
             .success();
         if present {
             continue;
         }
-        let out = Command::new("iptables")
-            .args(["-t", "nat", "-A", builtin, "-p", "tcp", "-j", ours])
+        let out = Command::new(program)
+            .args(rule("-A"))
             .output()
-            .map_err(|e| missing_or(e, "iptables"))?;
+            .map_err(|e| missing_or(e, program))?;
         if !out.status.success() {
-            bail!(explain("iptables", &out.stderr));
+            bail!(explain(program, &out.stderr));
         }
     }
     Ok(())

@@ -6,6 +6,59 @@ use std::net::IpAddr;
 pub const OUTPUT_CHAIN: &str = "SMIDGE_OUTPUT";
 /// The chain that sends inbound TCP to the inbound port.
 pub const PREROUTING_CHAIN: &str = "SMIDGE_PREROUTING";
+/// The filter chain that drops what the proxy cannot see arriving (UDP; all IPv6 TCP and UDP).
+pub const GUARD_IN_CHAIN: &str = "SMIDGE_GUARD_IN";
+/// The filter chain that drops IPv6 TCP and UDP the app sends (the proxy cannot intercept it).
+pub const GUARD_OUT_CHAIN: &str = "SMIDGE_GUARD_OUT";
+/// UDP that still reaches a meshed pod: DNS.
+pub const DNS_PORT: u16 = 53;
+
+/// Which `iptables` a set of rules is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// The program that checks and adds single rules.
+    pub fn program(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        }
+    }
+
+    /// The program that loads a whole table.
+    pub fn restore(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables-restore",
+            Family::Ipv6 => "ip6tables-restore",
+        }
+    }
+}
+
+/// A jump from a built-in chain into one of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jump {
+    pub table: &'static str,
+    pub builtin: &'static str,
+    /// Only packets of this protocol take the jump (`None`: all).
+    pub protocol: Option<&'static str>,
+    pub chain: &'static str,
+}
+
+impl Jump {
+    /// The rule's arguments after `-C`/`-A` and the built-in chain's name.
+    pub fn args(&self) -> Vec<&'static str> {
+        let mut args = Vec::new();
+        if let Some(p) = self.protocol {
+            args.extend(["-p", p]);
+        }
+        args.extend(["-j", self.chain]);
+        args
+    }
+}
 
 /// What `init` intercepts and what it leaves alone.
 #[derive(Clone, Debug)]
@@ -94,12 +147,106 @@ impl Rules {
             self.inbound_port
         ));
         out.push_str("COMMIT\n");
+        out.push_str(&self.udp_guard());
         out
     }
 
-    /// The jumps from the built-in chains into ours: (built-in chain, our chain).
-    pub fn jumps() -> [(&'static str, &'static str); 2] {
-        [("OUTPUT", OUTPUT_CHAIN), ("PREROUTING", PREROUTING_CHAIN)]
+    /// IPv4 filter table: UDP arriving at the pod is dropped (the proxy has no UDP path, so
+    /// nothing could authorize it), except from the pod itself, replies to the pod's own UDP
+    /// (its DNS queries), DNS and the skipped inbound ports.
+    fn udp_guard(&self) -> String {
+        let g = GUARD_IN_CHAIN;
+        let mut out = format!("*filter\n:{g} - [0:0]\n");
+        out.push_str(&format!("-A {g} -i lo -j RETURN\n"));
+        out.push_str(&format!(
+            "-A {g} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN\n"
+        ));
+        for port in std::iter::once(&DNS_PORT).chain(&self.skip_inbound_ports) {
+            out.push_str(&format!("-A {g} -p udp --dport {port} -j RETURN\n"));
+        }
+        out.push_str(&format!("-A {g} -p udp -j DROP\nCOMMIT\n"));
+        out
+    }
+
+    /// IPv6 filter table for `ip6tables-restore --noflush`. The proxy listens and forwards on
+    /// IPv4 only, so IPv6 TCP and UDP to and from the pod are dropped rather than let past it:
+    /// only loopback, the proxy's own connections and their replies pass. (ICMPv6, which
+    /// neighbour discovery needs, is left alone.)
+    pub fn restore_input_v6(&self) -> String {
+        let (i, o) = (GUARD_IN_CHAIN, GUARD_OUT_CHAIN);
+        let mut out = format!("*filter\n:{i} - [0:0]\n:{o} - [0:0]\n");
+        out.push_str(&format!("-A {i} -i lo -j RETURN\n"));
+        out.push_str(&format!(
+            "-A {i} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN\n"
+        ));
+        for port in &self.skip_inbound_ports {
+            for proto in ["tcp", "udp"] {
+                out.push_str(&format!("-A {i} -p {proto} --dport {port} -j RETURN\n"));
+            }
+        }
+        out.push_str(&format!("-A {i} -p tcp -j DROP\n-A {i} -p udp -j DROP\n"));
+        out.push_str(&format!("-A {o} -o lo -j RETURN\n"));
+        if let Some(uid) = self.proxy_uid {
+            out.push_str(&format!("-A {o} -m owner --uid-owner {uid} -j RETURN\n"));
+        }
+        if let Some(mark) = self.proxy_mark {
+            out.push_str(&format!("-A {o} -m mark --mark {mark:#x} -j RETURN\n"));
+        }
+        out.push_str(&format!(
+            "-A {o} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN\n"
+        ));
+        // What the operator sends past the proxy on IPv4 goes past it on IPv6 too.
+        for port in &self.skip_outbound_ports {
+            out.push_str(&format!("-A {o} -p tcp --dport {port} -j RETURN\n"));
+        }
+        for cidr in self.skip_outbound_cidrs.iter().filter(|c| c.addr.is_ipv6()) {
+            out.push_str(&format!("-A {o} -d {cidr} -j RETURN\n"));
+        }
+        out.push_str(&format!("-A {o} -p tcp -j DROP\n-A {o} -p udp -j DROP\n"));
+        out.push_str("COMMIT\n");
+        out
+    }
+
+    /// The jumps from the built-in chains into ours, for IPv4.
+    pub fn jumps() -> [Jump; 3] {
+        [
+            Jump {
+                table: "nat",
+                builtin: "OUTPUT",
+                protocol: Some("tcp"),
+                chain: OUTPUT_CHAIN,
+            },
+            Jump {
+                table: "nat",
+                builtin: "PREROUTING",
+                protocol: Some("tcp"),
+                chain: PREROUTING_CHAIN,
+            },
+            Jump {
+                table: "filter",
+                builtin: "INPUT",
+                protocol: Some("udp"),
+                chain: GUARD_IN_CHAIN,
+            },
+        ]
+    }
+
+    /// The jumps from the built-in chains into ours, for IPv6.
+    pub fn jumps_v6() -> [Jump; 2] {
+        [
+            Jump {
+                table: "filter",
+                builtin: "INPUT",
+                protocol: None,
+                chain: GUARD_IN_CHAIN,
+            },
+            Jump {
+                table: "filter",
+                builtin: "OUTPUT",
+                protocol: None,
+                chain: GUARD_OUT_CHAIN,
+            },
+        ]
     }
 }
 
@@ -161,6 +308,58 @@ mod tests {
             .last()
             .is_some_and(|l| l.ends_with("REDIRECT --to-ports 4143")));
         assert!(text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn udp_arriving_is_dropped_except_replies_dns_and_skipped_ports() {
+        let text = rules().restore_input();
+        let filter = text.split("*filter\n").nth(1).expect("a filter table");
+        let guard: Vec<&str> = filter
+            .lines()
+            .filter(|l| l.starts_with("-A SMIDGE_GUARD_IN"))
+            .collect();
+        assert_eq!(
+            guard,
+            [
+                "-A SMIDGE_GUARD_IN -i lo -j RETURN",
+                "-A SMIDGE_GUARD_IN -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+                "-A SMIDGE_GUARD_IN -p udp --dport 53 -j RETURN",
+                "-A SMIDGE_GUARD_IN -p udp --dport 22 -j RETURN",
+                "-A SMIDGE_GUARD_IN -p udp -j DROP",
+            ]
+        );
+        assert!(filter.ends_with("COMMIT\n"));
+        assert!(Rules::jumps().iter().any(|j| j.table == "filter"
+            && j.builtin == "INPUT"
+            && j.args() == ["-p", "udp", "-j", "SMIDGE_GUARD_IN"]));
+    }
+
+    #[test]
+    fn ipv6_tcp_and_udp_pass_only_on_loopback_and_for_the_proxy() {
+        let text = rules().restore_input_v6();
+        assert!(text.starts_with("*filter\n"), "{text}");
+        assert!(!text.contains("*nat"), "{text}");
+        let chain = |name: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("-A {name} ")))
+                .map(String::from)
+                .collect()
+        };
+        let inbound = chain(GUARD_IN_CHAIN);
+        assert_eq!(inbound[0], "-A SMIDGE_GUARD_IN -i lo -j RETURN");
+        assert!(inbound.ends_with(&[
+            "-A SMIDGE_GUARD_IN -p tcp -j DROP".to_string(),
+            "-A SMIDGE_GUARD_IN -p udp -j DROP".to_string()
+        ]));
+        let outbound = chain(GUARD_OUT_CHAIN);
+        assert_eq!(outbound[0], "-A SMIDGE_GUARD_OUT -o lo -j RETURN");
+        assert!(outbound[1].contains("--uid-owner 2102 -j RETURN"));
+        assert!(outbound.ends_with(&[
+            "-A SMIDGE_GUARD_OUT -p tcp -j DROP".to_string(),
+            "-A SMIDGE_GUARD_OUT -p udp -j DROP".to_string()
+        ]));
+        // Every jump takes all protocols: nothing but ICMPv6 gets past unexamined.
+        assert!(Rules::jumps_v6().iter().all(|j| j.protocol.is_none()));
     }
 
     #[test]
