@@ -28,6 +28,8 @@ pub struct Settings {
     pub inbound_port: u16,
     /// The inbound port of peer proxies.
     pub peer_inbound_port: u16,
+    /// This proxy's listening ports: never a destination it forwards to.
+    pub own_ports: crate::inbound::guard::OwnPorts,
 }
 
 /// Shared state of the proxy.

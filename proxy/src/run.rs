@@ -133,6 +133,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             connect_timeout: config.connect_timeout,
             inbound_port: config.inbound.port(),
             peer_inbound_port: config.inbound.port(),
+            own_ports: crate::inbound::guard::OwnPorts {
+                outbound: config.outbound.port(),
+                inbound: config.inbound.port(),
+                admin: config.admin.port(),
+            },
         },
         identity_label: match &mesh {
             Some(m) => smidge_protocol::names::spiffe_id(&m.trust_domain, &identity),

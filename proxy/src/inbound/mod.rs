@@ -1,11 +1,13 @@
 //! The inbound side: connections to the workload, authorized per request (HTTP) or per
-//! connection (TCP) and forwarded to the app on localhost.
+//! connection (TCP) and forwarded to the app at their original destination (the pod's address,
+//! so ports the app binds only on loopback stay private).
 
+pub mod guard;
 mod http;
 pub mod identity;
 mod tls;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use smidge_protocol::authz::Decision;
@@ -34,13 +36,34 @@ pub async fn accept(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "inbound connection without a local address");
+            return;
+        }
+    };
+    let to_proxy = match guard::classify(dst, local, &ctx.settings.own_ports) {
+        guard::Destination::App => false,
+        guard::Destination::PeerProxy if ctx.mesh.is_some() => true,
+        guard::Destination::PeerProxy => {
+            tracing::info!(%peer, %dst, "inbound connection to the proxy's own port refused");
+            return;
+        }
+        guard::Destination::Refused(reason) => {
+            tracing::info!(%peer, %dst, reason, "inbound connection refused");
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
+    // The original destination, not 127.0.0.1: what the app binds only on loopback stays
+    // private, and the proxy's own connection (its uid or mark) is not redirected again.
     let app = Target {
-        addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port()),
+        addr: dst,
         peer: None,
     };
     let mut stream = stream;
-    let protocol = if ctx.settings.opaque_ports.contains(&dst.port()) {
+    let protocol = if !to_proxy && ctx.settings.opaque_ports.contains(&dst.port()) {
         None
     } else {
         match detect(
@@ -58,6 +81,10 @@ pub async fn accept(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     let (protocol, prefix) = protocol.unwrap_or((Protocol::Opaque, bytes::Bytes::new()));
+    if to_proxy && protocol != Protocol::Tls {
+        tracing::info!(%peer, %dst, "plaintext to the proxy's own port refused");
+        return;
+    }
     if protocol == Protocol::Tls {
         if let Some(mesh) = ctx.mesh.clone() {
             return tls::accept(ctx, mesh, stream, prefix, peer, dst, app).await;

@@ -73,6 +73,12 @@ pub(super) async fn accept(
         }
     };
     let io = PrefixedIo::new(buf.freeze(), stream);
+    // Only a peer proxy's mTLS with a port header may use the inbound port itself.
+    let to_proxy = dst.port() == ctx.settings.own_ports.inbound;
+    if to_proxy && sni.as_deref() != Some(mesh.own_name().as_str()) {
+        tracing::info!(%peer, "TLS to the proxy's own port without the mesh's name refused");
+        return;
+    }
     if sni.as_deref() != Some(mesh.own_name().as_str()) {
         // The app's own TLS, from a client outside the mesh.
         let caller = Caller {
@@ -109,6 +115,10 @@ pub(super) async fn accept(
         identity,
         tls: true,
     };
+    if to_proxy && alpn.as_deref() != Some(ALPN_OPAQUE) {
+        tracing::info!(%peer, "mTLS to the proxy's own port without a port header refused");
+        return;
+    }
     match alpn.as_deref() {
         Some(ALPN_H2) => http::serve(ctx, tls, Protocol::Http2, dst, app, caller).await,
         Some(ALPN_HTTP1) => http::serve(ctx, tls, Protocol::Http1, dst, app, caller).await,
@@ -119,7 +129,14 @@ pub(super) async fn accept(
             if tls.read_exact(&mut port).await.is_err() {
                 return;
             }
-            let port = u16::from_be_bytes(port);
+            let named = u16::from_be_bytes(port);
+            let port = match super::guard::header_port(named, &ctx.settings.own_ports) {
+                Ok(port) => port,
+                Err(reason) => {
+                    tracing::info!(%peer, port = named, reason, caller = %caller.label(&ctx), "port header refused");
+                    return;
+                }
+            };
             let dst = SocketAddr::new(dst.ip(), port);
             let app = Target {
                 addr: SocketAddr::new(app.addr.ip(), port),
