@@ -9,12 +9,16 @@ use smidge_protocol::{
 use crate::index::{DepKey, Lookup};
 use crate::model::{Body, Kind, NsName, RouteKind, TrafficSplit};
 
-/// Compiles the view of the Service that owns `addr` (ClusterIP:port); `None` when no Service does.
+/// Compiles the view of the Service that owns `addr` (ClusterIP:port), or else of the meshed pod
+/// at that address; `None` when neither does.
 pub fn outbound(lookup: &Lookup<'_>, addr: SocketAddr) -> Option<OutboundView> {
-    let owner = lookup
+    let Some(owner) = lookup
         .under(DepKey::ServiceIp(addr.ip()))
         .into_iter()
-        .find(|o| o.id.kind == Kind::Service)?;
+        .find(|o| o.id.kind == Kind::Service)
+    else {
+        return pod_outbound(lookup, addr);
+    };
     let root = owner.id.key.clone();
     let root_svc = lookup.service(&root)?;
     let port = root_svc.ports.iter().find(|p| p.port == addr.port())?;
@@ -63,6 +67,43 @@ pub fn outbound(lookup: &Lookup<'_>, addr: SocketAddr) -> Option<OutboundView> {
         service,
         routes,
         backends,
+    })
+}
+
+/// The view of a meshed pod called by its own address (headless Services, StatefulSet peers,
+/// clients that resolve endpoints themselves): one route to one backend with one endpoint, the
+/// pod with its identity, so the caller's proxy uses mTLS as it does for a Service. Any port:
+/// the pod's proxy authorizes it. `None` unless exactly one identity of a meshed pod holds the
+/// address (the same rule as the peer view).
+fn pod_outbound(lookup: &Lookup<'_>, addr: SocketAddr) -> Option<OutboundView> {
+    let identity = super::peer(lookup, addr.ip()).identity?;
+    let pod = lookup
+        .under(DepKey::PodIp(addr.ip()))
+        .into_iter()
+        .filter(|o| o.id.kind == Kind::Pod && o.id.key.namespace == identity.namespace)
+        .map(|o| o.id.key.name.clone())
+        .min()?;
+    Some(OutboundView {
+        service: ServiceRef {
+            namespace: identity.namespace.clone(),
+            name: pod.clone(),
+            port: addr.port(),
+        },
+        routes: vec![Route {
+            name: String::new(),
+            matches: vec![],
+            targets: vec![WeightedTarget {
+                backend: 0,
+                weight: 1,
+            }],
+        }],
+        backends: vec![Backend {
+            name: pod,
+            endpoints: vec![Endpoint {
+                addr,
+                identity: Some(identity),
+            }],
+        }],
     })
 }
 

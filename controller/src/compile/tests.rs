@@ -774,3 +774,37 @@ status: {podIP: 10.0.0.1}
     );
     assert_eq!(peer(&index, "10.0.0.1"), None);
 }
+
+#[test]
+fn a_meshed_pod_called_by_its_address_gets_a_view_with_its_identity() {
+    let index = world("");
+    let view = outbound(&index, "10.0.0.2:9042");
+    assert_eq!(view.service.name, "b-pod");
+    assert_eq!(view.service.port, 9042);
+    assert_eq!(view.routes.len(), 1);
+    assert_eq!(view.routes[0].targets.len(), 1);
+    let endpoints = &view.backends[usize::from(view.routes[0].targets[0].backend)].endpoints;
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].addr, "10.0.0.2:9042".parse().unwrap());
+    assert_eq!(endpoints[0].identity, Some(id("b")));
+}
+
+#[test]
+fn an_unmeshed_or_unknown_pod_address_has_no_outbound_view() {
+    let index = index_of(&format!(
+        "{}{}",
+        WORLD,
+        service("a", 1, 80).replace(
+            "metadata: {name: a-pod, namespace: ns}",
+            "metadata: {name: a-pod, namespace: ns, annotations: {smidge.io/inject: disabled}}",
+        )
+    ));
+    for addr in ["10.0.0.1:8080", "10.0.0.9:8080"] {
+        let compiled = compile(
+            &index,
+            &ViewKey::Outbound(addr.parse().unwrap()),
+            &MeshConfig::default(),
+        );
+        assert!(compiled.view.is_none(), "{addr}: {:?}", compiled.view);
+    }
+}
