@@ -76,6 +76,17 @@ async fn route(
     };
     let ready = match state {
         ViewState::Ready(r) => r,
+        // The controller has not answered: never downgrade to plaintext passthrough.
+        ViewState::Pending => {
+            return with_labels(
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ERROR_HEADER,
+                    super::DISCOVERY_UNAVAILABLE,
+                ),
+                labels,
+            )
+        }
         // The Service left the mesh while this connection was open: as an un-meshed pod would.
         _ => return send(&ctx, ctx.pool.target(dst, None), req, labels, None).await,
     };
