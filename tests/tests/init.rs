@@ -45,6 +45,12 @@ fn init_twice_leaves_the_same_rules_and_refuses_without_privilege() -> anyhow::R
             ])
             .output()
     };
+    // The local cluster gives pods no IPv6 (the rules below close it by themselves too).
+    let ipv6 = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "cat"])
+        .arg("/proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&ipv6.stdout).trim(), "1");
     let first = init(None)?;
     assert!(
         first.status.success(),
