@@ -3,7 +3,7 @@
 //! ```text
 //! app ──► iptables ──► outbound listener ─ detect ─┬─ HTTP: route → split → P2C ─► peer proxy
 //!                                                   └─ TCP:  split → P2C ─────────► peer proxy
-//! peer ─► iptables ──► inbound listener ─ identify ─ detect ─ authorize ──────────► app (localhost)
+//! peer ─► iptables ──► inbound listener ─ identify ─ detect ─ authorize ──────────► app (pod IP)
 //!                      discovery ◄──── views ──── controller        admin: /metrics /ready /views
 //! ```
 
