@@ -98,14 +98,26 @@ fn request_line(buf: &[u8]) -> Line {
     if method.len() > MAX_METHOD || !method.iter().all(|b| is_token(*b)) {
         return Line::Invalid;
     }
+    // An upper-case method (every registered one) may arrive in pieces. Any other token must
+    // come with its whole request line: otherwise a text protocol that starts with a word and
+    // a space would wait for the detection timeout. (Refusing it as opaque loses nothing: a
+    // port that route rules restrict admits no opaque traffic.)
+    let conventional = method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-');
+    let partial = |started| {
+        if conventional {
+            Line::Partial { started }
+        } else {
+            Line::Invalid
+        }
+    };
     let Some(target) = parts.next() else {
-        return Line::Partial { started: false };
+        return partial(false);
     };
     if method.is_empty() || target.iter().any(|b| *b <= b' ' || *b == 0x7f) {
         return Line::Invalid;
     }
     let Some(rest) = parts.next() else {
-        return Line::Partial { started: true };
+        return partial(true);
     };
     if target.is_empty() {
         return Line::Invalid;
@@ -116,9 +128,9 @@ fn request_line(buf: &[u8]) -> Line {
         return Line::Invalid;
     }
     match rest.get(VERSION.len()) {
-        None => Line::Partial { started: true },
+        None => partial(true),
         Some(b'0' | b'1') => match rest.get(VERSION.len() + 1..) {
-            None | Some([]) | Some([b'\r']) => Line::Partial { started: true },
+            None | Some([]) | Some([b'\r']) => partial(true),
             Some([b'\r', b'\n', ..]) | Some([b'\n', ..]) => Line::Complete,
             Some(_) => Line::Invalid,
         },
@@ -215,6 +227,14 @@ mod tests {
         }
         assert_eq!(classify(b"\r\n", MAX), None);
         assert_eq!(classify(b"\r\nGE", MAX), None);
+    }
+
+    #[test]
+    fn only_an_upper_case_method_waits_for_the_rest_of_its_line() {
+        assert_eq!(classify(b"DELETE /ad", MAX), None);
+        assert_eq!(classify(b"get /ad", MAX), Some(Protocol::Opaque));
+        // A text protocol that starts with a word and a space is not held for the timeout.
+        assert_eq!(classify(b"opaque bytes", MAX), Some(Protocol::Opaque));
     }
 
     #[test]
