@@ -2,8 +2,10 @@
 //!
 //! A caller is admitted when some authorization (one TrafficTarget) lists its identity as a
 //! source, covers the destination port, and — for an HTTP request, when the TrafficTarget has
-//! HTTPRouteGroup rules — one of its matches accepts the request. A workload that no
-//! TrafficTarget names falls back to its default policy.
+//! HTTPRouteGroup rules — one of its matches accepts the request. A connection that is not HTTP
+//! is admitted only where the authorization says so ([`Authorization::opaque`]): a port that
+//! HTTPRouteGroup rules restrict admits HTTP only. A workload that no TrafficTarget names falls
+//! back to its default policy.
 
 use crate::matching::{compile_all, CompiledMatch, RequestHead};
 use crate::view::{Authorization, DefaultPolicy, Identity, InboundView, InvalidView, PortRule};
@@ -21,6 +23,7 @@ struct CompiledAuthorization {
     sources: Vec<Identity>,
     ports: PortRule,
     http: Option<Vec<CompiledMatch>>,
+    opaque: bool,
 }
 
 /// The outcome of one decision.
@@ -44,6 +47,9 @@ pub enum DenyReason {
     NotAuthorized,
     /// A TrafficTarget admits this caller on this port, but no route of it matches the request.
     NoMatchingRoute,
+    /// A TrafficTarget admits this caller on this port for HTTP only (its HTTPRouteGroup rules
+    /// restrict the port), and the connection is not HTTP.
+    HttpOnly,
 }
 
 impl DenyReason {
@@ -53,6 +59,7 @@ impl DenyReason {
             DenyReason::Unauthenticated => "unauthenticated",
             DenyReason::NotAuthorized => "not-authorized",
             DenyReason::NoMatchingRoute => "no-matching-route",
+            DenyReason::HttpOnly => "http-only",
         }
     }
 }
@@ -68,6 +75,7 @@ impl CompiledInbound {
                     sources: a.sources.clone(),
                     ports: a.ports.clone(),
                     http: a.http.as_deref().map(compile_all).transpose()?,
+                    opaque: a.opaque,
                 })
             })
             .collect::<Result<Vec<_>, InvalidView>>()?;
@@ -100,6 +108,7 @@ impl CompiledInbound {
             return Decision::Deny(DenyReason::Unauthenticated);
         };
         let mut route_refused = false;
+        let mut http_only = false;
         for a in &self.authorizations {
             if !a.sources.contains(client) || !a.ports.contains(port) {
                 continue;
@@ -113,13 +122,129 @@ impl CompiledInbound {
                     }
                     route_refused = true;
                 }
-                _ => return Decision::Allow { by: a.name.clone() },
+                (None, Some(_)) => return Decision::Allow { by: a.name.clone() },
+                (_, None) if a.opaque => return Decision::Allow { by: a.name.clone() },
+                (_, None) => http_only = true,
             }
         }
         Decision::Deny(if route_refused {
             DenyReason::NoMatchingRoute
+        } else if http_only {
+            DenyReason::HttpOnly
         } else {
             DenyReason::NotAuthorized
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::SimpleRequest;
+    use crate::view::HttpMatch;
+
+    fn client() -> Identity {
+        Identity::new("shop", "client")
+    }
+
+    /// One TrafficTarget: `client` may `GET /api/.*` on every port; `opaque` as given.
+    fn api_only(opaque: bool) -> CompiledInbound {
+        CompiledInbound::compile(&InboundView {
+            default_policy: DefaultPolicy::Deny,
+            authorizations: vec![Authorization {
+                name: "shop/client-to-web".into(),
+                sources: vec![client()],
+                ports: PortRule::Any,
+                http: Some(vec![HttpMatch {
+                    name: "shop/api-only/api".into(),
+                    path_regex: Some("/api/.*".into()),
+                    methods: vec!["GET".into()],
+                    headers: vec![],
+                }]),
+                opaque,
+            }],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn http_rules_alone_refuse_a_connection_that_is_not_http() {
+        // Security review F1: `request: None` was admitted by an HTTP-only authorization.
+        let web = api_only(false);
+        assert_eq!(
+            web.decide(Some(&client()), 8080, None),
+            Decision::Deny(DenyReason::HttpOnly)
+        );
+        assert_eq!(DenyReason::HttpOnly.as_str(), "http-only");
+        assert!(matches!(
+            web.decide(
+                Some(&client()),
+                8080,
+                Some(&SimpleRequest::new("GET", "/api/x"))
+            ),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(
+            web.decide(
+                Some(&client()),
+                8080,
+                Some(&SimpleRequest::new("GET", "/admin"))
+            ),
+            Decision::Deny(DenyReason::NoMatchingRoute)
+        );
+    }
+
+    #[test]
+    fn http_rules_with_a_tcp_route_admit_opaque_traffic_but_still_match_http() {
+        let web = api_only(true);
+        assert!(matches!(
+            web.decide(Some(&client()), 8080, None),
+            Decision::Allow { .. }
+        ));
+        assert_eq!(
+            web.decide(
+                Some(&client()),
+                8080,
+                Some(&SimpleRequest::new("DELETE", "/admin"))
+            ),
+            Decision::Deny(DenyReason::NoMatchingRoute)
+        );
+    }
+
+    #[test]
+    fn another_authorization_with_opaque_traffic_on_the_port_still_admits() {
+        let mut view = InboundView {
+            default_policy: DefaultPolicy::Deny,
+            authorizations: vec![],
+        };
+        view.authorizations.push(Authorization {
+            name: "shop/http".into(),
+            sources: vec![client()],
+            ports: PortRule::Any,
+            http: Some(vec![]),
+            opaque: false,
+        });
+        view.authorizations.push(Authorization {
+            name: "shop/tcp".into(),
+            sources: vec![client()],
+            ports: PortRule::Only(vec![7000]),
+            http: None,
+            opaque: true,
+        });
+        let web = CompiledInbound::compile(&view).unwrap();
+        assert_eq!(
+            web.decide(Some(&client()), 7000, None),
+            Decision::Allow {
+                by: "shop/tcp".into()
+            }
+        );
+        assert_eq!(
+            web.decide(Some(&client()), 8080, None),
+            Decision::Deny(DenyReason::HttpOnly)
+        );
+        assert_eq!(
+            web.decide(Some(&Identity::new("shop", "intruder")), 8080, None),
+            Decision::Deny(DenyReason::NotAuthorized)
+        );
     }
 }

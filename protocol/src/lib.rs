@@ -17,6 +17,7 @@ pub mod delta;
 pub mod matching;
 pub mod message;
 pub mod names;
+pub mod path;
 pub mod view;
 
 pub use codec::{decode, encode, CodecError, Encoded, FrameCodec, MAX_FRAME_LEN};

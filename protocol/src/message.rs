@@ -6,7 +6,7 @@ use crate::delta::Change;
 use crate::view::{View, ViewKey};
 
 /// Bumped on any incompatible change of the messages; both sides refuse a mismatch at Hello.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Who a proxy is: its pod and the ServiceAccount it runs as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

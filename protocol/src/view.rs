@@ -196,6 +196,12 @@ pub struct Authorization {
     /// `None`: the TrafficTarget has no HTTPRouteGroup rule, so HTTP is not restricted by route.
     /// `Some`: an HTTP request must match one of these (an empty list admits no HTTP request).
     pub http: Option<Vec<HttpMatch>>,
+    /// Whether a connection that is not HTTP (opaque TCP, TLS that is not the mesh's, a client
+    /// that never sends a request line) is admitted on `ports`: always without HTTPRouteGroup
+    /// rules; with them, only when a TCPRoute rule of the same TrafficTarget covers the ports.
+    /// Otherwise such a port admits HTTP only, so route rules cannot be skipped by not
+    /// speaking HTTP.
+    pub opaque: bool,
 }
 
 /// A set of destination ports.

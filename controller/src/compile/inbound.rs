@@ -8,6 +8,10 @@
 //!   `destination.port` narrows that further to the one port.
 //! - HTTP: unrestricted unless it has HTTPRouteGroup rules; then a request must match one of the
 //!   referenced matches (a rule without `matches` means all matches of its group).
+//! - Not HTTP (opaque TCP): admitted on its ports unless it has HTTPRouteGroup rules; with them,
+//!   only when it also has a TCPRoute rule (the v1alpha3 L7 example: a TCPRoute for the port
+//!   plus HTTP rules). HTTP rules alone make their ports HTTP only, so a client cannot skip
+//!   them by sending something that is not HTTP.
 //! - A rule naming a route that does not exist admits nothing.
 
 use smidge_protocol::{Authorization, HttpMatch, Identity, InboundView, PortRule};
@@ -39,6 +43,7 @@ pub fn inbound(lookup: &Lookup<'_>, id: &Identity, config: &MeshConfig) -> Inbou
 
 fn authorization(lookup: &Lookup<'_>, name: &NsName, tt: &TrafficTarget) -> Authorization {
     let mut l4_rules = false;
+    let mut tcp_route = false;
     let mut tcp_ports: Option<Vec<u16>> = Some(Vec::new()); // None = any port
     let mut http: Option<Vec<HttpMatch>> = None;
     for rule in &tt.rules {
@@ -58,6 +63,7 @@ fn authorization(lookup: &Lookup<'_>, name: &NsName, tt: &TrafficTarget) -> Auth
             }
             (RouteKind::TcpRoute, body) => {
                 l4_rules = true;
+                tcp_route |= matches!(body, Some(Body::PortRoute(_)));
                 if let (Some(Body::PortRoute(route)), Some(ports)) = (body, tcp_ports.as_mut()) {
                     if route.ports.is_empty() {
                         tcp_ports = None;
@@ -90,6 +96,7 @@ fn authorization(lookup: &Lookup<'_>, name: &NsName, tt: &TrafficTarget) -> Auth
         name: name.to_string(),
         sources,
         ports,
+        opaque: http.is_none() || tcp_route,
         http,
     }
 }

@@ -303,6 +303,93 @@ spec: {matches: {ports: [8080]}}
 }
 
 #[test]
+fn http_rules_alone_make_the_port_http_only() {
+    // Security review F1: an HTTP-only TrafficTarget admitted any connection that was not HTTP.
+    let index = world(&format!(
+        "{ROUTES}{}",
+        target(
+            "t",
+            "b",
+            &["a"],
+            "[{kind: HTTPRouteGroup, name: routes, matches: [metrics]}]"
+        )
+    ));
+    let b = inbound(&index, "b");
+    assert_eq!(
+        b.decide(Some(&id("a")), 8080, None),
+        Decision::Deny(DenyReason::HttpOnly)
+    );
+    assert!(allowed(b.decide(
+        Some(&id("a")),
+        8080,
+        Some(&http("GET", "/metrics"))
+    )));
+}
+
+#[test]
+fn a_tcp_route_beside_http_rules_admits_opaque_traffic_on_its_ports_only() {
+    let port = r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: api-port, namespace: ns}
+spec: {matches: {ports: [8080]}}
+"#;
+    let rules = "[{kind: TCPRoute, name: api-port}, {kind: HTTPRouteGroup, name: routes, matches: [metrics]}]";
+    let index = world(&format!(
+        "{port}\n---\n{ROUTES}{}",
+        target("t", "b", &["a"], rules)
+    ));
+    let b = inbound(&index, "b");
+    assert!(allowed(b.decide(Some(&id("a")), 8080, None)));
+    assert!(!allowed(b.decide(Some(&id("a")), 9090, None)));
+    assert_eq!(
+        b.decide(Some(&id("a")), 8080, Some(&http("GET", "/api"))),
+        Decision::Deny(DenyReason::NoMatchingRoute)
+    );
+}
+
+#[test]
+fn a_missing_tcp_route_beside_http_rules_admits_no_opaque_traffic() {
+    let rules = "[{kind: TCPRoute, name: nowhere}, {kind: HTTPRouteGroup, name: routes}]";
+    let index = world(&format!("{ROUTES}{}", target("t", "b", &["a"], rules)));
+    assert!(!allowed(inbound(&index, "b").decide(
+        Some(&id("a")),
+        8080,
+        None
+    )));
+}
+
+#[test]
+fn the_view_says_which_authorizations_admit_opaque_traffic() {
+    let index = world(&format!(
+        "{ROUTES}\n---\n{TCP_ALL}{}{}",
+        target(
+            "http",
+            "b",
+            &["a"],
+            "[{kind: HTTPRouteGroup, name: routes}]"
+        ),
+        target("tcp", "b", &["c"], "[{kind: TCPRoute, name: all}]")
+    ));
+    let view = match compile(
+        &index,
+        &ViewKey::Inbound(Identity::new("ns", "b")),
+        &MeshConfig::default(),
+    )
+    .view
+    {
+        Some(View::Inbound(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    let opaque: Vec<(&str, bool)> = view
+        .authorizations
+        .iter()
+        .map(|a| (a.name.as_str(), a.opaque))
+        .collect();
+    assert_eq!(opaque, vec![("ns/http", false), ("ns/tcp", true)]);
+}
+
+#[test]
 fn udp_route_ports_do_not_admit_tcp() {
     let udp = r#"
 apiVersion: specs.smi-spec.io/v1alpha4

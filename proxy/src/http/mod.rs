@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by both directions: the body type, serving a detected connection,
 //! the upstream connection pool, hop-by-hop headers, upgrades and locally made responses.
 
+pub mod guard;
 pub mod observe;
 pub mod pool;
 pub mod serve;
@@ -130,6 +131,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|h| !(upgrade && *h == UPGRADE))
+        // Host is never hop-by-hop (requests nominating it are refused in `guard::prepare`).
+        .filter(|h| *h != http::header::HOST)
         .collect();
     for h in named {
         headers.remove(h);

@@ -71,7 +71,9 @@ pub async fn serve_observed<I, S>(
 }
 
 /// Forwards one request to `target`, streaming both bodies; a protocol upgrade the upstream
-/// accepts is spliced through once both sides have switched. HTTP/1 requests to a meshed peer
+/// accepts is spliced through once both sides have switched (the inbound side lets only
+/// WebSocket ask, see [`super::guard::only_websocket_upgrade`]). `smidge-*` headers the client
+/// sent are removed. HTTP/1 requests to a meshed peer
 /// travel as HTTP/2 over the mTLS connection (multiplexed) and are turned back on the other side.
 pub async fn forward(
     pool: &Arc<Pool>,
@@ -81,6 +83,8 @@ pub async fn forward(
     let addr: SocketAddr = target.addr;
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    // Only proxies set these, and only between themselves (`to_mesh_h2` adds its own below).
+    super::guard::strip_mesh_headers(req.headers_mut());
     let version = req.version();
     if target.peer.is_some()
         && !upgrade

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Caller;
 use crate::ctx::Ctx;
+use crate::http::guard::{only_websocket_upgrade, prepare};
 use crate::http::observe::Labels;
 use crate::http::pool::Target;
 use crate::http::serve::forward;
@@ -80,7 +81,17 @@ impl tower::Service<Request<Incoming>> for Authorize {
         if tls {
             from_mesh_h2(&mut req);
         }
-        let decision = super::decide(&ctx, client.as_deref(), port, Some(&Head(&req)));
+        // Checked and normalized before authorization, so the policy judges what the app gets.
+        let decision = match prepare(&mut req) {
+            Err(reason) => Err((StatusCode::BAD_REQUEST, reason)),
+            Ok(()) => {
+                if only_websocket_upgrade(&mut req) {
+                    tracing::debug!(port, "an Upgrade other than websocket removed");
+                }
+                super::decide(&ctx, client.as_deref(), port, Some(&Head(&req)))
+                    .map_err(|reason| (StatusCode::FORBIDDEN, reason))
+            }
+        };
         Box::pin(async move {
             let mut resp = match decision {
                 Ok(by) => {
@@ -93,7 +104,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
                         }
                     }
                 }
-                Err(reason) => {
+                Err((status, reason)) => {
                     ctx.metrics
                         .denied
                         .get_or_create(&DenyLabels {
@@ -104,7 +115,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
                         })
                         .inc();
                     tracing::debug!(port, reason, client = %labels.src_identity, "request denied");
-                    local_response(StatusCode::FORBIDDEN, DENIED_HEADER, reason)
+                    local_response(status, DENIED_HEADER, reason)
                 }
             };
             resp.extensions_mut().insert(labels);

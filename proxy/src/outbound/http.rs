@@ -17,7 +17,7 @@ use crate::ctx::Ctx;
 use crate::discovery::ViewState;
 use crate::http::observe::Labels;
 use crate::http::serve::forward;
-use crate::http::{local_response, Body, Head, ERROR_HEADER};
+use crate::http::{local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
 use crate::net::detect::Protocol;
 use crate::views::{pick_weighted, total_weight, Compiled};
 
@@ -67,13 +67,21 @@ async fn route(
     ctx: Arc<Ctx>,
     dst: SocketAddr,
     state: ViewState,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let mut labels = Labels {
         authority: dst.to_string(),
         src_identity: ctx.identity_label.clone(),
         ..Labels::default()
     };
+    // Routes match the normalized request, and that is what crosses the mesh.
+    if let Err(reason) = crate::http::guard::prepare(&mut req) {
+        tracing::debug!(%dst, reason, "outbound request refused");
+        return with_labels(
+            local_response(StatusCode::BAD_REQUEST, DENIED_HEADER, reason),
+            labels,
+        );
+    }
     let ready = match state {
         ViewState::Ready(r) => r,
         // The controller has not answered: never downgrade to plaintext passthrough.
