@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use smidge_proxy::init::{self, Cidr, Rules};
 use smidge_proxy::run::{self, Config};
 
-/// mimalloc returns freed pages to the OS shortly after a burst; glibc's malloc kept them, so
-/// every burst of connections stayed in RSS until the proxy restarted.
+/// jemalloc with its background thread purges freed pages after a decay (10 s), so a burst of
+/// connections does not stay in RSS; glibc's malloc kept it until the proxy restarted.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(name = "smidge-proxy", version, about = "The smidge micro-proxy")]
