@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use smidge_local_cluster::apps::{self, H1};
-use smidge_local_cluster::mesh::{admin_get, in_pod, spawn_in_pod, Binaries, Mesh, PodSpec};
+use smidge_local_cluster::mesh::{
+    admin_get, in_pod, spawn_in_pod, Binaries, Mesh, PodSpec, ADMIN_PRIVATE_PORT,
+};
 use smidge_local_cluster::netns;
 
 const STOREFRONT: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
@@ -202,7 +204,7 @@ fn print_tally(caller: &str, tally: &mut Tally) {
 
 /// The weights the storefront's proxy holds now for `checkout`, by backend name.
 async fn proxy_weights() -> anyhow::Result<Vec<(String, u64)>> {
-    let (code, body) = admin_get(4191, "/views").await?;
+    let (code, body) = admin_get(ADMIN_PRIVATE_PORT, "/views").await?;
     if code != 200 {
         bail!("/views answered {code}");
     }
@@ -338,7 +340,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         println!(
             "the shop keeps running until you press Ctrl-C. Inside a pod:\n  \
              ip netns exec {} curl -s http://checkout.shop.svc.cluster.local/\n  \
-             ip netns exec {} curl -s localhost:4191/metrics",
+             ip netns exec {} curl -s localhost:4192/metrics",
             mesh.pod("storefront").pod.netns,
             mesh.pod("storefront").pod.netns
         );

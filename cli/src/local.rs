@@ -267,6 +267,8 @@ pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
         LocalCommand::Down => {
             let Some(pid) = daemon::running(state) else {
                 let cleaned = clean_stale(state)?;
+                // A crashed daemon left its keys; nothing needs them once it is gone.
+                smidge_local_cluster::cluster::remove_identity(state);
                 println!("no local cluster is running{cleaned}");
                 return Ok(ExitCode::SUCCESS);
             };

@@ -11,7 +11,7 @@ fn repo() -> PathBuf {
 }
 
 fn upstream() -> PathBuf {
-    repo().join("../shared/smi/upstream")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/upstream")
 }
 
 fn yaml_docs(path: &Path) -> Vec<Value> {

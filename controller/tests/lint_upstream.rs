@@ -7,7 +7,7 @@ use smidge_controller::lint::{lint, LintProblem};
 
 fn steps(suite: &str, case: &str) -> BTreeMap<String, Vec<(PathBuf, String)>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/smi/upstream/conformance")
+        .join("tests/data/upstream/conformance")
         .join(suite)
         .join("smi-conformance/test-gen/test-yamls")
         .join(case);

@@ -17,8 +17,8 @@ use anyhow::{bail, Context};
 use smidge_controller::identity::{self, Trust};
 
 use crate::mesh::{
-    apply_services, proxy_command, write_token, Exemption, Workload, CONTROLLER_PORT, GATEWAY,
-    TRUST_DOMAIN,
+    allow_unprivileged_ports, apply_services, proxy_command, write_token, Exemption, PodUids,
+    Workload, CONTROLLER_PORT, GATEWAY, SLOTS, TRUST_DOMAIN,
 };
 use crate::netns::{self, Node};
 use crate::objects::{Kind, Store};
@@ -128,6 +128,8 @@ struct LivePod {
     apps: Vec<Supervised>,
     log_dir: PathBuf,
     token: Option<PathBuf>,
+    /// Its slot's uids; used when the proxy is exempt by uid (not in a user namespace).
+    uids: PodUids,
 }
 
 /// What `smidge local` can do to one pod.
@@ -159,6 +161,9 @@ pub struct Cluster {
     programs: Programs,
     state: PathBuf,
     trust: Trust,
+    /// What the proxies read (the trust anchor, each its own token), outside the state
+    /// directory, which may sit in a directory their uids cannot enter. Removed on drop.
+    runtime: tempfile::TempDir,
     anchor: PathBuf,
     manifests: PathBuf,
     /// The manifests last written, to write (and re-apply rules) only on change.
@@ -205,25 +210,26 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
-        // Proxies run under their own uid and read the anchor and their token from here.
-        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o711))?;
+        // Keys, manifests and logs: for us alone. Pods read nothing here.
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))?;
         let identity_dir = state.join("identity");
         if identity_dir.exists() {
             std::fs::remove_dir_all(&identity_dir)?;
         }
         identity::generate(&identity_dir, TRUST_DOMAIN)?;
-        std::fs::set_permissions(&identity_dir, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(&identity_dir, std::fs::Permissions::from_mode(0o700))?;
         let trust = Trust::load(&identity_dir)?;
-        let anchor = identity_dir.join(identity::trust::ANCHOR_FILE);
-        std::fs::set_permissions(&anchor, std::fs::Permissions::from_mode(0o644))?;
         for dir in ["manifests", "tokens", "pods"] {
             let d = state.join(dir);
             if d.exists() {
                 std::fs::remove_dir_all(&d)?;
             }
-            std::fs::create_dir_all(&d)?;
+            if dir != "tokens" {
+                std::fs::create_dir_all(&d)?;
+            }
         }
-        std::fs::set_permissions(state.join("tokens"), std::fs::Permissions::from_mode(0o711))?;
+        let runtime = runtime_dir(&identity_dir)?;
+        let anchor = runtime.path().join(identity::trust::ANCHOR_FILE);
         let node = Node::create(TAG, GATEWAY)?;
         // Pods and the controller are reached by address from the node (readiness probes);
         // threads this one starts from here on begin in the node's namespace too.
@@ -240,6 +246,7 @@ impl Cluster {
             programs,
             state: state.to_path_buf(),
             trust,
+            runtime,
             anchor,
             manifests,
             written,
@@ -425,6 +432,14 @@ impl Cluster {
     /// The next free pod address after the last one handed out, as host-local IPAM does: an
     /// address just freed is not reused at once, so peers' neighbour caches holding the old
     /// pod's MAC cannot strand traffic to a new pod.
+    /// The lowest pod slot (and so uids) no running pod holds.
+    fn free_slot(&self) -> anyhow::Result<PodUids> {
+        (0..SLOTS)
+            .map(PodUids::for_slot)
+            .find(|u| !self.pods.values().any(|p| p.uids == *u))
+            .with_context(|| format!("all {SLOTS} pod uids are in use"))
+    }
+
     fn free_ip(&mut self) -> anyhow::Result<Ipv4Addr> {
         let start = u32::from(FIRST_POD_IP);
         let ip = (1..=POD_ADDRESSES)
@@ -448,10 +463,17 @@ impl Cluster {
             workloads::suffix(self.names.wrapping_mul(0x9e37_79b9_7f4a_7c15), 5)
         );
         let ip = self.free_ip()?;
+        let uids = self.free_slot()?;
         let meshed = workloads::meshed(template, &self.store.namespace_meta(namespace));
         let log_dir = self.state.join("pods").join(namespace).join(&name);
         std::fs::create_dir_all(&log_dir)?;
         let netns = self.node.add_pod(&name, ip)?;
+        if self.exemption == Exemption::Uid {
+            if let Err(e) = allow_unprivileged_ports(&netns) {
+                self.node.remove_pod(&netns)?;
+                return Err(e);
+            }
+        }
         netns.write_hosts(&crate::services::hosts(&self.written, namespace))?;
         let mut pod = LivePod {
             view: PodView {
@@ -474,13 +496,14 @@ impl Cluster {
             apps: Vec::new(),
             log_dir,
             token: None,
+            uids,
         };
         if meshed {
             let out = pod
                 .netns
                 .command(&self.programs.proxy, None)
                 .arg("init")
-                .args(self.exemption.init_args())
+                .args(self.exemption.init_args(uids))
                 .output()?;
             std::fs::write(
                 pod.log_dir.join("init.log"),
@@ -494,9 +517,10 @@ impl Cluster {
             }
             pod.token = Some(write_token(
                 &self.trust,
-                self.exemption,
+                (self.exemption == Exemption::Uid).then_some(uids.proxy),
                 &self
-                    .state
+                    .runtime
+                    .path()
                     .join("tokens")
                     .join(format!("{namespace}.{name}")),
                 namespace,
@@ -524,6 +548,7 @@ impl Cluster {
                 let mut cmd = proxy_command(
                     &pod.netns,
                     self.exemption,
+                    pod.uids,
                     &self.programs.proxy,
                     &self.anchor,
                     token,
@@ -569,8 +594,12 @@ impl Cluster {
                 });
                 continue;
             }
-            let mut cmd = pod.netns.command(&program, None);
+            // Unprivileged, as its slot's app uid: no capability, no other pod's files. In a user
+            // namespace only one uid is mapped, so apps share it with the proxy there.
+            let app_uid = (self.exemption == Exemption::Uid).then_some(pod.uids.app);
+            let mut cmd = pod.netns.command(&program, app_uid);
             cmd.args(&container.args)
+                .current_dir("/")
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("HOSTNAME", &pod.view.name)
@@ -853,13 +882,15 @@ impl Cluster {
             .collect()
     }
 
-    /// Stops every process and removes the pods' namespaces (the node's goes on drop).
+    /// Stops every process, removes the pods' namespaces (the node's goes on drop) and the
+    /// identity keys (`up` makes new ones; left on disk they would mint tokens and certificates).
     pub fn shutdown(&mut self) {
         let pods = std::mem::take(&mut self.pods);
         for (_, pod) in pods {
             self.remove_pod(pod);
         }
         self.controller.kill();
+        remove_identity(&self.state);
     }
 }
 
@@ -888,6 +919,38 @@ fn proxy_ready(ip: Ipv4Addr) -> bool {
     }
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+/// Removes the identity directory (CA and token signing keys) under `state`.
+pub fn remove_identity(state: &Path) {
+    let dir = state.join("identity");
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the identity keys");
+        }
+    }
+}
+
+/// A fresh directory for what the proxies read: the trust anchor (world-readable) and a
+/// `tokens/` directory (each token readable only by its proxy's uid). It lives in the temporary
+/// directory, not under the state directory, whose parents may be closed to other uids
+/// (`mktemp -d` makes 0700 ones).
+fn runtime_dir(identity_dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("smidge-local-")
+        .tempdir()
+        .context("creating the proxies' runtime directory")?;
+    let enterable = || std::fs::Permissions::from_mode(0o711);
+    std::fs::set_permissions(dir.path(), enterable())?;
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens)?;
+    std::fs::set_permissions(&tokens, enterable())?;
+    let anchor = dir.path().join(identity::trust::ANCHOR_FILE);
+    std::fs::copy(identity_dir.join(identity::trust::ANCHOR_FILE), &anchor)
+        .context("copying the trust anchor for the proxies")?;
+    std::fs::set_permissions(&anchor, std::fs::Permissions::from_mode(0o644))?;
+    Ok(dir)
 }
 
 /// Cleans what a crashed earlier run left: its namespaces (killing what runs in them).

@@ -12,8 +12,35 @@ use std::time::{Duration, Instant};
 use crate::netns::{Node, Pod};
 use anyhow::{bail, Context};
 
-/// The uid proxies run as; `init` exempts it.
+/// The first proxy uid: the proxy of the pod in slot `n` runs as `PROXY_UID + n`, which `init`
+/// exempts and which owns only that pod's token.
 pub const PROXY_UID: u32 = 2102;
+/// The first app uid: the apps of the pod in slot `n` run as `APP_UID + n`, unprivileged, so
+/// they can read no token, signal or trace no other pod's processes and change no rules.
+pub const APP_UID: u32 = 102_102;
+/// Pod slots, and so uids, in each range.
+pub const SLOTS: u32 = 65_000;
+
+/// The uids of one pod's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodUids {
+    pub proxy: u32,
+    pub app: u32,
+}
+
+impl PodUids {
+    /// The uids of the pod in `slot` (`0..SLOTS`).
+    pub fn for_slot(slot: u32) -> PodUids {
+        PodUids {
+            proxy: PROXY_UID + slot,
+            app: APP_UID + slot,
+        }
+    }
+}
+/// The proxy's admin port on the pod IP: `/ready` and `/live` (the kubelet's probes).
+pub const ADMIN_PORT: u16 = 4191;
+/// The proxy's loopback admin port: `/metrics` and `/views` too, only from inside the pod.
+pub const ADMIN_PRIVATE_PORT: u16 = 4192;
 /// Where the controller listens inside the node.
 pub const CONTROLLER_PORT: u16 = 8086;
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
@@ -94,6 +121,8 @@ impl Drop for Process {
 pub struct MeshPod {
     pub pod: Pod,
     pub proxy: Process,
+    /// Its proxy's uid, and the uid its apps would run as.
+    pub uids: PodUids,
 }
 
 /// The node, the controller and the pods. Dropping it stops everything and removes the
@@ -187,12 +216,14 @@ impl Mesh {
         let anchor = identity_dir.join(smidge_controller::identity::trust::ANCHOR_FILE);
         apply_services(node.netns(), manifests)?;
         let mut mesh_pods = Vec::new();
-        for spec in pods {
+        for (slot, spec) in (0..).zip(pods) {
             let pod = node.add_pod(spec.name, spec.ip)?;
+            let uids = PodUids::for_slot(slot);
+            allow_unprivileged_ports(&pod)?;
             let out = pod
                 .command(&proxy_bin, None)
                 .arg("init")
-                .arg(format!("--proxy-uid={PROXY_UID}"))
+                .args(Exemption::Uid.init_args(uids))
                 .output()?;
             if !out.status.success() {
                 bail!(
@@ -203,7 +234,7 @@ impl Mesh {
             }
             let token_file = write_token(
                 &trust,
-                Exemption::Uid,
+                Some(uids.proxy),
                 &dir.path().join(format!("{}.token", spec.name)),
                 namespace,
                 spec.service_account,
@@ -213,6 +244,7 @@ impl Mesh {
             let mut cmd = proxy_command(
                 &pod,
                 Exemption::Uid,
+                uids,
                 &proxy_bin,
                 &anchor,
                 &token_file,
@@ -224,7 +256,7 @@ impl Mesh {
             );
             cmd.args(proxy_args);
             let proxy = Process::spawn(cmd, "smidge-proxy")?;
-            mesh_pods.push(MeshPod { pod, proxy });
+            mesh_pods.push(MeshPod { pod, proxy, uids });
         }
         let mut mesh = Mesh {
             pods: mesh_pods,
@@ -314,7 +346,9 @@ impl Mesh {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = in_pod(&p.pod, || async {
-                admin_get(4191, "/ready").await.map(|(code, _)| code == 200)
+                admin_get(ADMIN_PORT, "/ready")
+                    .await
+                    .map(|(code, _)| code == 200)
             })?;
             if matches!(ready, Ok(true)) {
                 return Ok(());
@@ -346,9 +380,11 @@ impl Mesh {
         out
     }
 
-    /// The proxy's `/metrics` text.
+    /// The proxy's `/metrics` text, read on its loopback admin port from inside the pod.
     pub fn metrics(&self, pod: &str) -> anyhow::Result<String> {
-        let (code, body) = in_pod(&self.pod(pod).pod, || admin_get(4191, "/metrics"))??;
+        let (code, body) = in_pod(&self.pod(pod).pod, || {
+            admin_get(ADMIN_PRIVATE_PORT, "/metrics")
+        })??;
         if code != 200 {
             bail!("/metrics answered {code}");
         }
@@ -359,7 +395,7 @@ impl Mesh {
 /// How the proxy keeps its own connections out of the pod's redirect rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exemption {
-    /// The proxy runs as [`PROXY_UID`] (as root, or in Kubernetes).
+    /// Each pod's proxy runs as a uid of its own ([`PodUids`]; as root, or in Kubernetes).
     Uid,
     /// The proxy shares the app's uid and marks its sockets with [`PROXY_MARK`] (in a user
     /// namespace, where only one uid is mapped).
@@ -370,10 +406,10 @@ pub enum Exemption {
 pub const PROXY_MARK: u32 = 0x2102;
 
 impl Exemption {
-    /// `smidge-proxy init`'s arguments for this exemption.
-    pub fn init_args(self) -> Vec<String> {
+    /// `smidge-proxy init`'s arguments for this exemption, in a pod whose processes run as `uids`.
+    pub fn init_args(self, uids: PodUids) -> Vec<String> {
         match self {
-            Exemption::Uid => vec![format!("--proxy-uid={PROXY_UID}")],
+            Exemption::Uid => vec![format!("--proxy-uid={}", uids.proxy)],
             Exemption::Mark => vec![
                 "--proxy-uid=none".to_string(),
                 format!("--proxy-mark={PROXY_MARK:#x}"),
@@ -383,10 +419,10 @@ impl Exemption {
 }
 
 /// Writes a token proving `namespace`/`service_account` for `pod` to `path`, readable only by
-/// the proxy (its uid, or ours when it shares it).
+/// the proxy: `owner`, or us when it shares our uid.
 pub(crate) fn write_token(
     trust: &smidge_controller::identity::Trust,
-    exemption: Exemption,
+    owner: Option<u32>,
     path: &Path,
     namespace: &str,
     service_account: &str,
@@ -402,8 +438,8 @@ pub(crate) fn write_token(
         exp: unix_now() + ttl_secs,
     });
     std::fs::write(path, token).with_context(|| format!("writing {}", path.display()))?;
-    if exemption == Exemption::Uid {
-        std::os::unix::fs::chown(path, Some(PROXY_UID), Some(PROXY_UID))?;
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path.to_path_buf())
@@ -421,13 +457,14 @@ pub(crate) struct Workload<'a> {
 pub(crate) fn proxy_command(
     pod: &Pod,
     exemption: Exemption,
+    uids: PodUids,
     proxy_bin: &Path,
     anchor: &Path,
     token_file: &Path,
     who: Workload<'_>,
 ) -> Command {
     let mut cmd = match exemption {
-        Exemption::Uid => pod.command(proxy_bin, Some(PROXY_UID)),
+        Exemption::Uid => pod.command(proxy_bin, Some(uids.proxy)),
         Exemption::Mark => {
             let mut c = pod.command(proxy_bin, None);
             c.arg("run").arg(format!("--socket-mark={PROXY_MARK:#x}"));
@@ -447,6 +484,24 @@ pub(crate) fn proxy_command(
         .arg(token_file)
         .args(["--trust-domain", TRUST_DOMAIN]);
     cmd
+}
+
+/// Lets the pod's unprivileged apps bind ports below 1024, as container runtimes do for pods
+/// (the sysctl is per network namespace).
+pub(crate) fn allow_unprivileged_ports(pod: &Pod) -> anyhow::Result<()> {
+    let out = pod
+        .command(Path::new("sysctl"), None)
+        .args(["-qw", "net.ipv4.ip_unprivileged_port_start=0"])
+        .output()
+        .context("running sysctl")?;
+    if !out.status.success() {
+        bail!(
+            "allowing low ports in pod {}: {}",
+            pod.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Makes the node route ClusterIP traffic of un-meshed clients to the Services' endpoints.

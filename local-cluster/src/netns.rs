@@ -233,7 +233,9 @@ fn in_netns(netns: &str, program: &std::path::Path, uid: Option<u32>) -> Command
         cmd.arg("setpriv")
             .arg(format!("--reuid={uid}"))
             .arg(format!("--regid={uid}"))
-            .arg("--clear-groups");
+            .arg("--clear-groups")
+            // No setuid or file-capability program gives back what the uid change dropped.
+            .arg("--no-new-privs");
     }
     cmd.arg(program);
     cmd

@@ -1,8 +1,10 @@
-//! The admin server: `/metrics`, `/ready`, `/live` and `/views` (a JSON dump of the views).
+//! The admin servers: `/ready` and `/live` for the kubelet on the pod IP, and `/metrics` and
+//! `/views` (the whole inbound policy, header values included) on loopback only, unless
+//! `--metrics-public` also exposes `/metrics` on the pod IP.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -10,31 +12,82 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::ctx::Ctx;
 use crate::discovery::ViewState;
 use crate::metrics::ViewLabels;
 
-/// Serves the admin endpoints until the process ends.
-pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+/// Which endpoints a listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// Reachable from other pods and the node: the probes, and `/metrics` if `metrics` is set.
+    Public { metrics: bool },
+    /// Bound to loopback, reachable only from inside the pod: every endpoint.
+    Private,
+}
+
+impl Exposure {
+    /// Whether this listener serves `path`; the others answer 404 there.
+    pub fn serves(self, path: &str) -> bool {
+        match (self, path) {
+            (_, "/ready" | "/live") | (Exposure::Private, _) => true,
+            (Exposure::Public { metrics }, "/metrics") => metrics,
+            (Exposure::Public { .. }, _) => false,
+        }
+    }
+}
+
+/// Bounds on one admin listener's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A connection that has not sent a whole request head by then (idle keep-alive too) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Pause after a failed accept (out of file descriptors), so the loop does not spin.
+    pub accept_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            accept_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Serves the admin endpoints `exposure` allows until the process ends.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, exposure: Exposure, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                tracing::warn!(error = %e, ?exposure, "admin accept failed");
+                tokio::time::sleep(limits.accept_backoff).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, ?exposure, "admin connection refused: too many open");
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req)) }
+                async move { Ok::<_, Infallible>(route(&ctx, exposure, req)) }
             });
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -42,6 +95,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
             }
         });
     }
+}
+
+/// Answers 404 for what this listener does not serve, else the endpoint.
+fn route(ctx: &Ctx, exposure: Exposure, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::GET && !exposure.serves(req.uri().path()) {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not served on this listener: /views, and /metrics unless --metrics-public, answer \
+             only on the loopback admin listener (--admin-private)\n"
+                .into(),
+        );
+    }
+    handle(ctx, req)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -160,19 +227,49 @@ fn refresh_view_metrics(ctx: &Ctx) {
     m.view_version.clear();
     m.view_age.clear();
     let now = Instant::now();
+    // Only views the mesh answered with content: an app dialing many addresses outside the mesh
+    // holds an `Absent` view for each, and a series each would make the label set unbounded.
     for s in ctx.discovery.snapshot() {
+        let ViewState::Ready(r) = &s.state else {
+            continue;
+        };
         let labels = ViewLabels {
             key: s.key.to_string(),
         };
-        if let Some(v) = s.state.version() {
-            m.view_version
-                .get_or_create(&labels)
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        m.view_version
+            .get_or_create(&labels)
+            .set(i64::try_from(r.version).unwrap_or(i64::MAX));
+        m.view_age
+            .get_or_create(&labels)
+            .set(now.saturating_duration_since(r.received).as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exposure;
+
+    #[test]
+    fn the_public_listener_serves_only_the_probes() {
+        let public = Exposure::Public { metrics: false };
+        assert!(public.serves("/ready"));
+        assert!(public.serves("/live"));
+        for path in ["/views", "/metrics", "/views/", "/", "/anything"] {
+            assert!(!public.serves(path), "{path}");
         }
-        if let ViewState::Ready(r) = &s.state {
-            m.view_age
-                .get_or_create(&labels)
-                .set(now.saturating_duration_since(r.received).as_secs_f64());
+    }
+
+    #[test]
+    fn metrics_public_adds_only_metrics() {
+        let public = Exposure::Public { metrics: true };
+        assert!(public.serves("/metrics"));
+        assert!(!public.serves("/views"));
+    }
+
+    #[test]
+    fn the_loopback_listener_serves_everything() {
+        for path in ["/ready", "/live", "/metrics", "/views"] {
+            assert!(Exposure::Private.serves(path), "{path}");
         }
     }
 }

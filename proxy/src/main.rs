@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use smidge_proxy::init::{self, Cidr, Rules};
 use smidge_proxy::run::{self, Config};
 
+/// jemalloc with its background thread purges freed pages after a decay (10 s), so a burst of
+/// connections does not stay in RSS; glibc's malloc kept it until the proxy restarted.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "smidge-proxy", version, about = "The smidge micro-proxy")]
 struct Cli {
@@ -48,8 +53,17 @@ struct RunArgs {
     outbound: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:4143")]
     inbound: SocketAddr,
+    /// The admin listener the kubelet probes on the pod IP: `/ready` and `/live` only.
     #[arg(long, default_value = "0.0.0.0:4191")]
     admin: SocketAddr,
+    /// The loopback admin listener: `/ready`, `/live`, `/metrics` and `/views` (the policy).
+    #[arg(long, default_value = "127.0.0.1:4192")]
+    admin_private: SocketAddr,
+    /// Also serve `/metrics` on `--admin`, for a Prometheus that scrapes pod IPs. Metrics name
+    /// who calls whom; without this flag scrape through the loopback listener
+    /// (`kubectl port-forward <pod> 4192`).
+    #[arg(long)]
+    metrics_public: bool,
     /// Ports whose connections skip protocol detection (server-speaks-first: SMTP, MySQL, ...).
     #[arg(long, value_delimiter = ',', default_values_t = [25u16, 587, 3306, 4444, 5432, 6379, 9300, 11211])]
     opaque_ports: Vec<u16>,
@@ -210,6 +224,8 @@ fn main() -> ExitCode {
                 outbound: args.outbound,
                 inbound: args.inbound,
                 admin: args.admin,
+                admin_private: args.admin_private,
+                metrics_public: args.metrics_public,
                 opaque_ports: args.opaque_ports.into_iter().collect::<BTreeSet<u16>>(),
                 detect_timeout: Duration::from_millis(args.detect_timeout_ms),
                 discovery_wait: Duration::from_millis(args.discovery_wait_ms),

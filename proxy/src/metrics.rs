@@ -1,6 +1,9 @@
 //! The proxy's Prometheus metrics.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -41,13 +44,44 @@ pub struct TcpLabels {
 pub struct DenyLabels {
     pub reason: &'static str,
     pub src_identity: String,
-    pub port: u16,
+    /// From [`PortLabels::label`]: bounded.
+    pub port: String,
     pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ViewLabels {
     pub key: String,
+}
+
+/// The authority label of traffic to destinations outside the mesh: one label set for all of
+/// them, however many addresses the app dials (each would otherwise add series for good).
+pub const PASSTHROUGH_AUTHORITY: &str = "passthrough";
+/// The port label shared by ports seen after [`MAX_PORT_LABELS`] others.
+pub const OTHER_PORT: &str = "other";
+/// Distinct ports that get a label of their own on the inbound side.
+pub const MAX_PORT_LABELS: usize = 32;
+
+/// Bounds the inbound port labels: a caller can reach any of 65,535 ports, so only the first
+/// [`MAX_PORT_LABELS`] distinct ones are named; later ones are labelled [`OTHER_PORT`].
+#[derive(Debug, Default)]
+pub struct PortLabels {
+    named: Mutex<BTreeSet<u16>>,
+}
+
+impl PortLabels {
+    /// The port's label: itself if named (or room is left to name it), else `other`.
+    pub fn label(&self, port: u16) -> String {
+        let Ok(mut named) = self.named.lock() else {
+            return OTHER_PORT.to_string();
+        };
+        if named.contains(&port) || named.len() < MAX_PORT_LABELS {
+            named.insert(port);
+            port.to_string()
+        } else {
+            OTHER_PORT.to_string()
+        }
+    }
 }
 
 type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
@@ -68,6 +102,8 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     pub cert_renewals: Counter,
     pub cert_failures: Counter,
+    /// Which inbound ports are named in labels.
+    pub ports: PortLabels,
     pub registry: Registry,
 }
 
@@ -94,6 +130,7 @@ impl Metrics {
             cert_expiry: Gauge::default(),
             cert_renewals: Counter::default(),
             cert_failures: Counter::default(),
+            ports: PortLabels::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +202,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The authority label of inbound traffic to `dst` (this pod's address): port bounded.
+    pub fn inbound_authority(&self, dst: SocketAddr) -> String {
+        format!("{}:{}", dst.ip(), self.ports.label(dst.port()))
+    }
+
     pub fn observe_latency(&self, direction: &'static str, authority: &str, d: Duration) {
         self.latency
             .get_or_create(&LatencyLabels {
@@ -189,5 +231,21 @@ pub fn status_class(code: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_labels_stay_bounded() {
+        let ports = PortLabels::default();
+        let labels: BTreeSet<String> = (20_000..21_000).map(|p| ports.label(p)).collect();
+        assert_eq!(labels.len(), MAX_PORT_LABELS + 1);
+        assert!(labels.contains(OTHER_PORT));
+        // A port named once keeps its label.
+        assert_eq!(ports.label(20_000), "20000");
+        assert_eq!(ports.label(20_999), OTHER_PORT);
     }
 }

@@ -26,7 +26,13 @@ pub struct Config {
     pub service_account: String,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
+    /// The admin listener other pods and the kubelet reach: probes (and `/metrics` if
+    /// `metrics_public`).
     pub admin: SocketAddr,
+    /// The loopback admin listener: every endpoint, `/views` and `/metrics` included.
+    pub admin_private: SocketAddr,
+    /// Also serve `/metrics` on `admin`, for scrapers outside the pod.
+    pub metrics_public: bool,
     pub opaque_ports: BTreeSet<u16>,
     pub detect_timeout: Duration,
     pub discovery_wait: Duration,
@@ -63,6 +69,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin))?;
+    let admin_private = TcpListener::bind(config.admin_private)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the private admin listener on {}",
+                config.admin_private
+            )
+        })?;
+    if !config.admin_private.ip().is_loopback() {
+        tracing::warn!(admin_private = %config.admin_private, "the private admin listener (/views, /metrics) is not on loopback: other pods can read it");
+    }
 
     let identity = Identity::new(config.namespace.clone(), config.service_account.clone());
     let (mesh, tls) = match &config.identity {
@@ -160,6 +177,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbound = %outbound.local_addr()?,
         inbound = %inbound.local_addr()?,
         admin = %admin.local_addr()?,
+        admin_private = %admin_private.local_addr()?,
+        metrics_public = config.metrics_public,
         identity = %ctx.identity,
         controller = %config.controller,
         "proxy listening"
@@ -172,7 +191,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ctx.loads.forget(addrs);
         }
     });
-    tokio::spawn(crate::admin::serve(admin, ctx.clone()));
+    let limits = crate::admin::Limits::default();
+    tokio::spawn(crate::admin::serve(
+        admin,
+        ctx.clone(),
+        crate::admin::Exposure::Public {
+            metrics: config.metrics_public,
+        },
+        limits,
+    ));
+    tokio::spawn(crate::admin::serve(
+        admin_private,
+        ctx.clone(),
+        crate::admin::Exposure::Private,
+        limits,
+    ));
     {
         let ctx = ctx.clone();
         tokio::spawn(async move {

@@ -34,10 +34,14 @@ pub struct PodInfo {
 pub type Events = Vec<(u64, u16, String)>;
 
 impl LocalCluster {
-    /// `smidge local up` in a fresh state directory.
+    /// `smidge local up` in a fresh state directory, inside a directory only root may enter
+    /// (as `mktemp -d` makes it).
     pub fn up() -> anyhow::Result<LocalCluster> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         let cluster = LocalCluster {
-            dir: tempfile::tempdir()?,
+            dir,
             smidge: binary("smidge-cli", "smidge")?,
             load: binary("smidge-e2e", "load")?,
             applied: std::cell::Cell::new(0),
@@ -78,6 +82,11 @@ impl LocalCluster {
         };
         cluster.ok(&["up"])?;
         Ok(cluster)
+    }
+
+    /// The state directory (`--state-dir`), inside a fresh `mktemp -d`-style directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The daemon's pid.

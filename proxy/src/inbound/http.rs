@@ -71,7 +71,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
         let client = self.client.clone();
         let tls = self.tls;
         let mut labels = Labels {
-            authority: self.dst.to_string(),
+            authority: ctx.metrics.inbound_authority(self.dst),
             src_identity: self.src_label.clone(),
             dst_identity: ctx.identity_label.clone(),
             tls,
@@ -110,7 +110,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
                         .get_or_create(&DenyLabels {
                             reason,
                             src_identity: labels.src_identity.clone(),
-                            port,
+                            port: ctx.metrics.ports.label(port),
                             protocol: "http",
                         })
                         .inc();

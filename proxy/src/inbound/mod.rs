@@ -149,7 +149,7 @@ async fn opaque<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             .get_or_create(&DenyLabels {
                 reason,
                 src_identity: caller.label(ctx),
-                port: dst.port(),
+                port: ctx.metrics.ports.label(dst.port()),
                 protocol: "tcp",
             })
             .inc();
@@ -158,7 +158,7 @@ async fn opaque<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
     let labels = TcpLabels {
         direction: "inbound",
-        authority: dst.to_string(),
+        authority: ctx.metrics.inbound_authority(dst),
         protocol: if caller.tls { "mtls" } else { "opaque" },
     };
     crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, app).await;

@@ -97,7 +97,7 @@ pub(super) async fn accept(
                 .get_or_create(&DenyLabels {
                     reason: "tls-handshake",
                     src_identity: String::new(),
-                    port: dst.port(),
+                    port: ctx.metrics.ports.label(dst.port()),
                     protocol: "tls",
                 })
                 .inc();

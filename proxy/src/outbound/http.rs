@@ -70,7 +70,7 @@ async fn route(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let mut labels = Labels {
-        authority: dst.to_string(),
+        authority: crate::metrics::PASSTHROUGH_AUTHORITY.to_string(),
         src_identity: ctx.identity_label.clone(),
         ..Labels::default()
     };

@@ -19,7 +19,7 @@ pub async fn passthrough<I: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let labels = TcpLabels {
         direction: "outbound",
-        authority: dst.to_string(),
+        authority: crate::metrics::PASSTHROUGH_AUTHORITY.to_string(),
         protocol: "passthrough",
     };
     let target = ctx.pool.target(dst, None);
