@@ -50,8 +50,9 @@ impl Layout {
             dir: self.state.join("pki"),
         }
     }
+    /// etcd's data: its component directory.
     pub fn etcd_data(&self) -> PathBuf {
-        self.state.join("etcd")
+        self.component_dir("etcd")
     }
     /// The admin's kubeconfig (user `admin` in `system:masters`).
     pub fn kubeconfig(&self) -> PathBuf {
@@ -146,7 +147,7 @@ pub fn apiserver(l: &Layout) -> Vec<String> {
         flag("service-account-issuer", SERVICE_ACCOUNT_ISSUER),
         flag(
             "service-account-key-file",
-            path(pki.key(Files::SERVICE_ACCOUNTS)),
+            path(pki.public_key(Files::SERVICE_ACCOUNTS)),
         ),
         flag(
             "service-account-signing-key-file",
@@ -236,6 +237,7 @@ mod tests {
             "--secure-port=3",
             "--client-ca-file=/s/pki/ca.crt",
             "--service-account-signing-key-file=/s/pki/sa.key",
+            "--service-account-key-file=/s/pki/sa.pub",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
         }

@@ -74,7 +74,8 @@ impl ControlPlane {
             ports: free_ports(options.address)?,
         };
         let logs = layout.state.join("logs");
-        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        private_dir(&layout.state)?;
+        private_dir(&logs)?;
         pki::ensure(&layout.pki(), &leaves(&layout)?)?;
         write_kubeconfigs(&layout)?;
 
@@ -92,8 +93,7 @@ impl ControlPlane {
             ),
             ("kube-scheduler", args::scheduler(&plane.layout)),
         ] {
-            let dir = plane.layout.component_dir(name);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            private_dir(&plane.layout.component_dir(name))?;
             let log = logs.join(format!("{name}.log"));
             let component = Component::start(name, &options.bin.join(name), &args, log)?;
             plane.components.push(component);
@@ -189,6 +189,17 @@ async fn ready(kubeconfig: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing, readable by its owner only: it holds keys,
+/// etcd's data or logs.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// The certificates the components present and trust.

@@ -79,8 +79,11 @@ impl Files {
     }
     /// The cluster CA's certificate and key.
     pub const CA: &'static str = "ca";
-    /// The service-account token signing key (`sa.key`; `sa.crt` is not written).
+    /// The service-account token signing key (`sa.key`) and its public key (`sa.pub`).
     pub const SERVICE_ACCOUNTS: &'static str = "sa";
+    pub fn public_key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pub"))
+    }
 }
 
 /// A new self-signed cluster CA.
@@ -146,11 +149,15 @@ pub fn issue(leaf: &Leaf, ca: &Issuer<'_, KeyPair>) -> anyhow::Result<Pair> {
     })
 }
 
-/// A new ECDSA P-256 private key (PKCS#8 PEM), for signing service-account tokens (ES256).
-pub fn new_signing_key() -> anyhow::Result<String> {
-    Ok(KeyPair::generate()
-        .context("generating the service-account key")?
-        .serialize_pem())
+/// A new ECDSA P-256 key for signing service-account tokens (ES256): the private key (PKCS#8
+/// PEM) and its public key (SubjectPublicKeyInfo PEM). The API server verifies with the public
+/// one: it reads EC private keys only in SEC1 form, so it could not take the PKCS#8 file.
+pub fn new_signing_key() -> anyhow::Result<Pair> {
+    let key = KeyPair::generate().context("generating the service-account key")?;
+    Ok(Pair {
+        cert: key.public_key_pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 fn name(common_name: &str, organizations: &[String]) -> DistinguishedName {
@@ -176,6 +183,7 @@ pub fn ensure(files: &Files, leaves: &[Leaf]) -> anyhow::Result<()> {
         files.cert(Files::CA),
         files.key(Files::CA),
         files.key(Files::SERVICE_ACCOUNTS),
+        files.public_key(Files::SERVICE_ACCOUNTS),
     ];
     for leaf in leaves {
         wanted.push(files.cert(leaf.name));
@@ -203,7 +211,10 @@ pub fn ensure(files: &Files, leaves: &[Leaf]) -> anyhow::Result<()> {
     for leaf in leaves {
         write(files, leaf.name, &issue(leaf, &issuer)?)?;
     }
-    write_private(&files.key(Files::SERVICE_ACCOUNTS), &new_signing_key()?)
+    let sa = new_signing_key()?;
+    let public = files.public_key(Files::SERVICE_ACCOUNTS);
+    std::fs::write(&public, &sa.cert).with_context(|| format!("writing {}", public.display()))?;
+    write_private(&files.key(Files::SERVICE_ACCOUNTS), &sa.key)
 }
 
 fn write(files: &Files, name: &str, pair: &Pair) -> anyhow::Result<()> {
