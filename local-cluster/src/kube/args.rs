@@ -121,9 +121,13 @@ pub fn etcd(l: &Layout) -> Vec<String> {
 
 /// kube-apiserver: client-certificate and service-account authentication, Node and RBAC
 /// authorization, the default admission plugins plus NodeRestriction (webhooks included).
+///
+/// On a loopback address the `kubernetes` Service gets no endpoints (the API server refuses to
+/// advertise a loopback address in them), so in-cluster clients reach the API only when the
+/// control plane listens on an address they can route to.
 pub fn apiserver(l: &Layout) -> Vec<String> {
     let pki = l.pki();
-    vec![
+    let mut args = vec![
         flag("etcd-servers", l.etcd_client_url()),
         flag("etcd-cafile", path(pki.cert(Files::CA))),
         flag(
@@ -155,7 +159,11 @@ pub fn apiserver(l: &Layout) -> Vec<String> {
         ),
         flag("allow-privileged", "true"),
         flag("profiling", "false"),
-    ]
+    ];
+    if l.address.is_loopback() {
+        args.push(flag("endpoint-reconciler-type", "none"));
+    }
+    args
 }
 
 /// The flags kube-controller-manager and kube-scheduler share: their API credentials (also
@@ -247,6 +255,19 @@ mod tests {
             .unwrap();
         assert!(admission.contains("MutatingAdmissionWebhook"));
         assert!(admission.contains("ValidatingAdmissionWebhook"));
+    }
+
+    #[test]
+    fn only_a_routable_apiserver_address_is_advertised_in_the_kubernetes_service() {
+        let none = "--endpoint-reconciler-type=none".to_string();
+        assert!(apiserver(&layout()).contains(&none));
+        let routable = Layout {
+            address: Ipv4Addr::new(10, 88, 0, 1),
+            ..layout()
+        };
+        let args = apiserver(&routable);
+        assert!(!args.contains(&none));
+        assert!(args.contains(&"--advertise-address=10.88.0.1".to_string()));
     }
 
     #[test]
