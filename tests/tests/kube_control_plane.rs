@@ -117,7 +117,14 @@ fn the_control_plane_serves_kubectl_runs_controllers_and_enforces_rbac() -> anyh
     let state = tempfile::tempdir()?;
     let started = Instant::now();
     let plane = ControlPlane::start(&Options::new(state.path(), &bin))?;
-    eprintln!("control plane ready in {:?}", started.elapsed());
+    let startup = plane.startup();
+    eprintln!(
+        "kube-apiserver /readyz ok after {:?}; controller manager and scheduler leading after {:?}; \
+         start returned after {:?}",
+        startup.apiserver_ready,
+        startup.all_ready,
+        started.elapsed()
+    );
     let pids = plane.pids();
     assert_eq!(
         pids.iter().map(|(n, _)| *n).collect::<Vec<_>>(),

@@ -52,6 +52,16 @@ pub struct ControlPlane {
     layout: Layout,
     /// In start order; stopped in reverse.
     components: Vec<Component>,
+    startup: Startup,
+}
+
+/// How long starting took, from launching etcd.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Startup {
+    /// Until kube-apiserver's `/readyz` said `ok`.
+    pub apiserver_ready: Duration,
+    /// Until kube-controller-manager and kube-scheduler also held their leases.
+    pub all_ready: Duration,
 }
 
 impl ControlPlane {
@@ -82,29 +92,51 @@ impl ControlPlane {
         let mut plane = ControlPlane {
             layout,
             components: Vec::new(),
+            startup: Startup::default(),
         };
         let started = Instant::now();
+        let deadline = started + options.ready_timeout;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for the readiness checks")?;
+        let client = runtime.block_on(admin_client(&plane.layout.kubeconfig()))?;
+        // kube-controller-manager and kube-scheduler exit if the API server is up but its RBAC
+        // roles are not yet, so they start once /readyz (which waits for those) says ok.
         for (name, args) in [
             ("etcd", args::etcd(&plane.layout)),
             ("kube-apiserver", args::apiserver(&plane.layout)),
+        ] {
+            plane.launch(name, &options.bin, &args, &logs)?;
+        }
+        plane.wait_until(&runtime, deadline, || apiserver_ready(client.clone()))?;
+        let apiserver_ready_after = started.elapsed();
+        for (name, args) in [
             (
                 "kube-controller-manager",
                 args::controller_manager(&plane.layout),
             ),
             ("kube-scheduler", args::scheduler(&plane.layout)),
         ] {
-            private_dir(&plane.layout.component_dir(name))?;
-            let log = logs.join(format!("{name}.log"));
-            let component = Component::start(name, &options.bin.join(name), &args, log)?;
-            plane.components.push(component);
+            plane.launch(name, &options.bin, &args, &logs)?;
         }
-        plane.wait_ready(options.ready_timeout)?;
+        plane.wait_until(&runtime, deadline, || leaders_ready(client.clone()))?;
+        plane.startup = Startup {
+            apiserver_ready: apiserver_ready_after,
+            all_ready: started.elapsed(),
+        };
         tracing::info!(
             server = %plane.layout.apiserver_url(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            apiserver_ready_ms = plane.startup.apiserver_ready.as_millis() as u64,
+            all_ready_ms = plane.startup.all_ready.as_millis() as u64,
             "control plane ready"
         );
         Ok(plane)
+    }
+
+    /// How long starting took.
+    pub fn startup(&self) -> Startup {
+        self.startup
     }
 
     /// The admin's kubeconfig (`<state>/kubeconfig`).
@@ -135,39 +167,61 @@ impl ControlPlane {
         first
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a runtime for the readiness checks")?;
-        let kubeconfig = self.layout.kubeconfig();
-        let deadline = Instant::now() + timeout;
-        let mut last = anyhow::anyhow!("not checked yet");
-        while Instant::now() < deadline {
+    fn launch(
+        &mut self,
+        name: &'static str,
+        bin: &Path,
+        args: &[String],
+        logs: &Path,
+    ) -> anyhow::Result<()> {
+        private_dir(&self.layout.component_dir(name))?;
+        let log = logs.join(format!("{name}.log"));
+        let component = Component::start(name, &bin.join(name), args, log)?;
+        self.components.push(component);
+        Ok(())
+    }
+
+    /// Polls `check` until it passes, failing at `deadline` or as soon as a component exits.
+    fn wait_until<F, Fut>(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        deadline: Instant,
+        check: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        loop {
             for c in &mut self.components {
                 c.check_running()?;
             }
-            match runtime.block_on(ready(&kubeconfig)) {
+            let last = match runtime.block_on(check()) {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(last.context(format!(
+                    "the control plane was not ready in time (logs in {})",
+                    self.layout.state.join("logs").display()
+                )));
             }
             std::thread::sleep(READY_POLL);
         }
-        Err(last.context(format!(
-            "the control plane was not ready after {timeout:?} (logs in {})",
-            self.layout.state.join("logs").display()
-        )))
     }
 }
 
-/// Ready: `/readyz` says `ok`, and kube-controller-manager and kube-scheduler each hold their
-/// leader lease (so they are connected and running their loops).
-async fn ready(kubeconfig: &Path) -> anyhow::Result<()> {
+/// A client authenticated as the admin.
+async fn admin_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let config = Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
     let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await
         .context("loading the admin kubeconfig")?;
-    let client = kube::Client::try_from(config).context("making a client")?;
+    kube::Client::try_from(config).context("making a client")
+}
+
+/// `/readyz` says `ok` (etcd reachable, bootstrap roles and priority classes in place).
+async fn apiserver_ready(client: kube::Client) -> anyhow::Result<()> {
     let request = http::Request::get("/readyz")
         .body(Vec::new())
         .context("making the /readyz request")?;
@@ -175,6 +229,12 @@ async fn ready(kubeconfig: &Path) -> anyhow::Result<()> {
     if body.trim() != "ok" {
         anyhow::bail!("/readyz answered {body:?}");
     }
+    Ok(())
+}
+
+/// kube-controller-manager and kube-scheduler each hold their leader lease: they are connected
+/// and running their loops.
+async fn leaders_ready(client: kube::Client) -> anyhow::Result<()> {
     let leases: kube::Api<Lease> = kube::Api::namespaced(client, "kube-system");
     for name in ["kube-controller-manager", "kube-scheduler"] {
         let held = leases
