@@ -1,6 +1,7 @@
 // Pins the etcd server that kube/build.sh builds from source. It is a module of its own because
-// k8s.io/kubernetes v1.37 requires the etcd v3.7 client modules, and minimal version selection
-// would otherwise pair a 3.6 server with 3.7 api and client packages.
+// k8s.io/apiserver v0.37.2 requires go.etcd.io/etcd/server/v3 v3.7.0 (and the 3.7 api, client
+// and raft modules): in the control plane's module minimal version selection raises any 3.6
+// server to v3.7.0 (checked with `go mod tidy`).
 module smidge.dev/kube/etcd
 
 go 1.26.0
