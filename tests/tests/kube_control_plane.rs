@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use smidge_local_cluster::kube::{cached_bin_dir, missing_binaries, ControlPlane, Options};
+use smidge_local_cluster::kube::{
+    cached_bin_dir, missing_binaries, ControlPlane, Options, BINARIES, COMPONENTS,
+};
 
 /// How long the controllers get to turn a Deployment into Pods.
 const CONTROLLERS_TIMEOUT: Duration = Duration::from_secs(90);
@@ -23,7 +25,7 @@ fn binaries() -> anyhow::Result<Option<PathBuf>> {
         Some(dir) => PathBuf::from(dir),
         None => cached_bin_dir()?,
     };
-    let missing = missing_binaries(&bin);
+    let missing = missing_binaries(&bin, &BINARIES);
     if missing.is_empty() {
         return Ok(Some(bin));
     }
@@ -126,15 +128,7 @@ fn the_control_plane_serves_kubectl_runs_controllers_and_enforces_rbac() -> anyh
         started.elapsed()
     );
     let pids = plane.pids();
-    assert_eq!(
-        pids.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        [
-            "etcd",
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler"
-        ]
-    );
+    assert_eq!(pids.iter().map(|(n, _)| *n).collect::<Vec<_>>(), COMPONENTS);
     assert_eq!(plane.kubeconfig(), state.path().join("kubeconfig"));
     let kubectl = Kubectl {
         program: bin.join("kubectl"),

@@ -65,12 +65,13 @@ pub struct Startup {
 }
 
 impl ControlPlane {
-    /// Makes the PKI and kubeconfigs (keeping any from an earlier start), starts the four
-    /// components and returns once the API server's `/readyz` answers `ok` and the controller
-    /// manager and scheduler hold their leader leases. Blocks; call it from a thread without a
-    /// Tokio runtime.
+    /// Makes the PKI and kubeconfigs (keeping any from an earlier start), starts etcd and
+    /// kube-apiserver, then, once `/readyz` answers `ok`, kube-controller-manager and
+    /// kube-scheduler, and returns when both hold their leader leases. Fails, killing what it
+    /// started, if a component exits or [`Options::ready_timeout`] passes. Blocks; call it from a
+    /// thread without a Tokio runtime.
     pub fn start(options: &Options) -> anyhow::Result<ControlPlane> {
-        let missing = super::missing_binaries(&options.bin);
+        let missing = super::missing_binaries(&options.bin, &super::COMPONENTS);
         if !missing.is_empty() {
             anyhow::bail!(
                 "the control plane's binaries are not built: {} (run kube/build.sh)",

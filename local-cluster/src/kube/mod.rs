@@ -20,7 +20,15 @@ pub use control_plane::{ControlPlane, Options};
 /// API server allocates ClusterIPs (its own `kubernetes` Service's first) from it.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
-/// The programs `kube/build.sh` builds into the bin directory.
+/// The control plane's processes, in start order.
+pub const COMPONENTS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+/// The programs `kube/build.sh` builds into the bin directory: the components and kubectl.
 pub const BINARIES: [&str; 5] = [
     "etcd",
     "kube-apiserver",
@@ -72,10 +80,11 @@ pub fn cached_bin_dir() -> anyhow::Result<PathBuf> {
         .join("bin"))
 }
 
-/// The [`BINARIES`] not in `bin`.
-pub fn missing_binaries(bin: &Path) -> Vec<&'static str> {
-    BINARIES
-        .into_iter()
+/// Those of `names` (e.g. [`BINARIES`]) not in `bin`.
+pub fn missing_binaries(bin: &Path, names: &[&'static str]) -> Vec<&'static str> {
+    names
+        .iter()
+        .copied()
         .filter(|b| !bin.join(b).is_file())
         .collect()
 }
