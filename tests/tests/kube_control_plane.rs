@@ -1,7 +1,7 @@
 //! A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
 //! kube-scheduler built by `kube/build.sh`) started and stopped by
 //! `smidge_local_cluster::kube`: it serves kubectl, runs Deployments' controllers, enforces RBAC,
-//! and leaves no process behind.
+//! leaves no process behind, and restarts on its state.
 //!
 //! Skipped (with a message) when the binaries are not built: run `kube/build.sh` first, or point
 //! `SMIDGE_KUBE_BIN` at a directory holding them.
@@ -202,6 +202,20 @@ fn the_control_plane_serves_kubectl_runs_controllers_and_enforces_rbac() -> anyh
         eprintln!("{name}: pid {pid}, RSS {} KiB", rss_kib(*pid).unwrap_or(0));
     }
     assert!(!processes_naming(state.path()).is_empty());
+    plane.stop()?;
+    assert_eq!(processes_naming(state.path()), []);
+
+    // A restart on the same state keeps the CA (the admin's certificate still works) and
+    // etcd's data (the Deployment is still there).
+    let ca = std::fs::read(state.path().join("pki/ca.crt"))?;
+    let plane = ControlPlane::start(&Options::new(state.path(), &bin))?;
+    assert_eq!(std::fs::read(state.path().join("pki/ca.crt"))?, ca);
+    assert_eq!(
+        kubectl
+            .ok(&["-n", "shop", "get", "deployment", "web", "-o", "name"])?
+            .trim(),
+        "deployment.apps/web"
+    );
     plane.stop()?;
     assert_eq!(processes_naming(state.path()), []);
     Ok(())
