@@ -4,7 +4,8 @@
 //! leaves no process behind, and restarts on its state.
 //!
 //! Skipped (with a message) when the binaries are not built: run `kube/build.sh` first, or point
-//! `SMIDGE_KUBE_BIN` at a directory holding them.
+//! `SMIDGE_KUBE_BIN` at a directory holding them. With `SMIDGE_REQUIRE_KUBE` set (CI), missing
+//! binaries fail the test instead.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,6 +29,13 @@ fn binaries() -> anyhow::Result<Option<PathBuf>> {
     let missing = missing_binaries(&bin, &BINARIES);
     if missing.is_empty() {
         return Ok(Some(bin));
+    }
+    if std::env::var_os("SMIDGE_REQUIRE_KUBE").is_some() {
+        bail!(
+            "SMIDGE_REQUIRE_KUBE is set but {} are missing in {}; run kube/build.sh",
+            missing.join(", "),
+            bin.display()
+        );
     }
     eprintln!(
         "SKIPPED: the control plane's binaries are not built ({} missing in {}); run kube/build.sh \
