@@ -11,6 +11,7 @@
 pub mod apps;
 pub mod cluster;
 pub mod daemon;
+pub mod kube;
 pub mod mesh;
 pub mod netns;
 pub mod objects;
