@@ -19,7 +19,9 @@ pub mod message;
 pub mod names;
 pub mod view;
 
-pub use codec::{decode, encode, CodecError, Encoded, FrameCodec, MAX_FRAME_LEN};
+pub use codec::{
+    decode, encode, CodecError, Encoded, FrameCodec, MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN,
+};
 pub use message::{ClientMessage, ProxyId, ServerMessage, ViewUpdate, PROTOCOL_VERSION};
 pub use view::{
     Authorization, Backend, DefaultPolicy, Endpoint, HttpMatch, Identity, InboundView,

@@ -6,7 +6,7 @@ use crate::delta::Change;
 use crate::view::{View, ViewKey};
 
 /// Bumped on any incompatible change of the messages; both sides refuse a mismatch at Hello.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Who a proxy is: its pod and the ServiceAccount it runs as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ pub enum ServerMessage {
         version: u64,
         update: ViewUpdate,
     },
+    /// A `Subscribe` the controller refuses (not this proxy's to read, or over its limits). The
+    /// proxy treats the key as [`ViewUpdate::Absent`] and does not ask again until it drops it.
+    SubscribeRefused { key: ViewKey, reason: String },
 }
 
 /// The body of a view message.
