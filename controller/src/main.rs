@@ -315,7 +315,10 @@ async fn trim_after_bursts(churn: &server::Churn) {
         let now = churn.total();
         if now == last && now - trimmed_at >= TRIM_AFTER_RELEASED {
             release_free_memory();
-            tracing::debug!(released = now - trimmed_at, "returned free memory after a burst");
+            tracing::debug!(
+                released = now - trimmed_at,
+                "returned free memory after a burst"
+            );
             trimmed_at = now;
         }
         last = now;
@@ -344,5 +347,17 @@ fn release_free_memory() {
     // from us and is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_endpoint_listens_on_loopback_by_default() {
+        let args =
+            Args::try_parse_from(["smidge-controller", "--manifests", "/tmp"]).expect("parse");
+        assert!(args.admin.ip().is_loopback(), "{}", args.admin);
     }
 }

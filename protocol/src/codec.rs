@@ -193,7 +193,13 @@ mod tests {
         buf.extend_from_slice(&[0; 16]);
         let e = codec.decode(&mut buf).expect_err("too large");
         assert!(
-            matches!(e, CodecError::TooLarge { len: 16_777_216, max: MAX_HELLO_LEN }),
+            matches!(
+                e,
+                CodecError::TooLarge {
+                    len: 16_777_216,
+                    max: MAX_HELLO_LEN
+                }
+            ),
             "{e}"
         );
         assert!(buf.capacity() < 1024, "reserved {} bytes", buf.capacity());

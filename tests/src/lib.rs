@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: build and start the real binaries, talk to them as a proxy would,
 //! and run a mesh in network namespaces ([`mesh`]) with test apps ([`apps`]).
 
+#![forbid(unsafe_code)]
+
 pub mod local;
 pub mod scenario;
 

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use smidge_protocol::names::{dns_name, spiffe_id};

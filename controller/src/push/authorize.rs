@@ -120,9 +120,16 @@ mod tests {
     fn an_admitted_proxy_reads_its_own_policy_and_mesh_destinations_only() {
         let intruder = Identity::new("shop", "intruder");
         let who = Some(&intruder);
-        assert_eq!(authorize(&ViewKey::Inbound(intruder.clone()), who, &Book), Ok(()));
-        let e = authorize(&ViewKey::Inbound(Identity::new("bank", "vault")), who, &Book)
-            .expect_err("another workload's policy");
+        assert_eq!(
+            authorize(&ViewKey::Inbound(intruder.clone()), who, &Book),
+            Ok(())
+        );
+        let e = authorize(
+            &ViewKey::Inbound(Identity::new("bank", "vault")),
+            who,
+            &Book,
+        )
+        .expect_err("another workload's policy");
         assert!(e.contains("own inbound"), "{e}");
         assert!(authorize(&ViewKey::Peer("10.0.0.5".parse().expect("ip")), who, &Book).is_err());
         assert_eq!(authorize(&out("10.96.0.10:80"), who, &Book), Ok(()));
@@ -145,13 +152,19 @@ mod tests {
     #[test]
     fn a_token_is_used_only_from_its_pods_address() {
         let ips: Vec<IpAddr> = vec!["10.0.0.5".parse().expect("ip")];
-        assert_eq!(source_matches(&ips, "10.0.0.5".parse().expect("ip")), Ok(true));
+        assert_eq!(
+            source_matches(&ips, "10.0.0.5".parse().expect("ip")),
+            Ok(true)
+        );
         assert_eq!(
             source_matches(&ips, "::ffff:10.0.0.5".parse().expect("ip")),
             Ok(true)
         );
         let e = source_matches(&ips, "10.0.0.6".parse().expect("ip")).expect_err("other pod");
         assert!(e.contains("10.0.0.6"), "{e}");
-        assert_eq!(source_matches(&[], "10.0.0.6".parse().expect("ip")), Ok(false));
+        assert_eq!(
+            source_matches(&[], "10.0.0.6".parse().expect("ip")),
+            Ok(false)
+        );
     }
 }

@@ -546,7 +546,10 @@ mod tests {
         match certify(Some(&a), Some(&proof), Some(&admitted), &csr, now + 31).await {
             ServerMessage::CertifyRefused { reason } => {
                 assert!(reason.contains("expired"), "{reason}");
-                assert!(!reason.contains(&admitted.token), "the reason leaks the token");
+                assert!(
+                    !reason.contains(&admitted.token),
+                    "the reason leaks the token"
+                );
             }
             other => panic!("{other:?}"),
         }
