@@ -331,7 +331,13 @@ async fn the_controller_survives_running_out_of_file_descriptors() {
     .unwrap();
     let mut flood = Vec::new();
     for _ in 0..150 {
-        flood.push(std::net::TcpStream::connect(controller.push).unwrap());
+        match std::net::TcpStream::connect(controller.push) {
+            Ok(s) => flood.push(s),
+            Err(e) => panic!(
+                "the controller stopped listening during the flood: {e}\n{}",
+                controller.log()
+            ),
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !controller.log().contains("Too many open files") {
@@ -451,6 +457,57 @@ async fn a_hello_cannot_forge_log_lines_or_flood_the_log() {
         "a forged line:\n{grown}"
     );
     assert!(grown.len() < 4096, "the log grew by {} bytes", grown.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_returned_after_a_burst_of_connections_and_subscriptions() {
+    let dir = manifests();
+    let controller = Controller::start(dir.path(), &[]).unwrap();
+    let pid = controller.pid();
+    let before = rss_anon_kib(pid);
+    // 500 connections of 100 subscriptions each: 50,000 views, all distinct.
+    const CONNECTIONS: u32 = 500;
+    const PER_CONNECTION: u32 = 100;
+    let mut proxies = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut proxy = ProxyClient::connect(controller.push, &format!("p-{c}"))
+            .await
+            .unwrap();
+        for s in 0..PER_CONNECTION {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + c * PER_CONNECTION + s);
+            proxy
+                .send(ClientMessage::Subscribe(ViewKey::Peer(ip.into())))
+                .await
+                .unwrap();
+        }
+        proxies.push(proxy);
+    }
+    for proxy in &mut proxies {
+        for _ in 0..PER_CONNECTION {
+            proxy.recv(Duration::from_secs(10)).await.unwrap();
+        }
+    }
+    let peak = rss_anon_kib(pid);
+    drop(proxies);
+    // The controller trims once the burst has been over for a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = rss_anon_kib(pid);
+    while after > before + 8 * 1024 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_anon_kib(pid);
+    }
+    eprintln!(
+        "controller RssAnon: {before} KiB before, {peak} KiB with {} subscriptions on {CONNECTIONS} connections, {after} KiB after they closed",
+        CONNECTIONS * PER_CONNECTION
+    );
+    assert!(
+        peak > before + 8 * 1024,
+        "the burst cost too little to tell"
+    );
+    assert!(
+        after <= before + 8 * 1024,
+        "RssAnon stayed at {after} KiB (from {before}, peak {peak})"
+    );
 }
 
 /// The real proxy, run in this network namespace against the controller at `controller`.
