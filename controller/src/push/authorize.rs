@@ -48,6 +48,20 @@ pub fn authorize(
     }
 }
 
+/// Before the provider's first read the index knows nothing, so no address can be ruled out:
+/// proxies reconnecting to a restarted controller keep their outbound views.
+pub struct NotSynced;
+
+impl Addresses for NotSynced {
+    fn is_service_port(&self, _: SocketAddr) -> bool {
+        true
+    }
+
+    fn is_meshed_pod_ip(&self, _: IpAddr) -> bool {
+        true
+    }
+}
+
 impl Addresses for Index {
     fn is_service_port(&self, addr: SocketAddr) -> bool {
         self.filed_under(&DepKey::ServiceIp(addr.ip()))
@@ -136,6 +150,25 @@ mod tests {
         assert_eq!(authorize(&out("10.0.0.5:8080"), who, &Book), Ok(()));
         assert!(authorize(&out("10.96.0.10:81"), who, &Book).is_err());
         assert!(authorize(&out("192.0.2.1:443"), who, &Book).is_err());
+    }
+
+    #[test]
+    fn before_the_first_sync_no_destination_is_ruled_out_but_policies_stay_private() {
+        let web = Identity::new("shop", "web");
+        let who = Some(&web);
+        assert_eq!(authorize(&out("192.0.2.1:443"), who, &NotSynced), Ok(()));
+        assert!(authorize(
+            &ViewKey::Inbound(Identity::new("bank", "vault")),
+            who,
+            &NotSynced
+        )
+        .is_err());
+        assert!(authorize(
+            &ViewKey::Peer("10.0.0.5".parse().expect("ip")),
+            who,
+            &NotSynced
+        )
+        .is_err());
     }
 
     #[test]

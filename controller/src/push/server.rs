@@ -20,7 +20,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamMap;
 use tokio_util::codec::Framed;
 
-use super::authorize::{authorize, pod_ips, source_matches};
+use super::authorize::{authorize, pod_ips, source_matches, NotSynced};
 use super::hello;
 use super::limits::{Bucket, MAX_SUBSCRIPTIONS};
 use super::registry::Registry;
@@ -318,8 +318,10 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
                         Ok(mut r) => {
                             let allowed = if subscriptions.len() >= MAX_SUBSCRIPTIONS {
                                 Err(format!("this connection holds {MAX_SUBSCRIPTIONS} subscriptions, the most allowed"))
-                            } else {
+                            } else if r.synced() {
                                 authorize(&key, who.as_ref(), r.index())
+                            } else {
+                                authorize(&key, who.as_ref(), &NotSynced)
                             };
                             allowed.map(|()| r.subscribe(&key))
                         }
