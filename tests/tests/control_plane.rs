@@ -401,6 +401,44 @@ async fn a_silent_connection_is_closed_after_the_hello_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_unauthenticated_cap_are_closed_at_once() {
+    let dir = manifests();
+    let controller = Controller::start(dir.path(), &["--max-unauthenticated", "4"]).unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(controller.push).await.unwrap());
+    }
+    // Give the controller the four before the fifth.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = TcpStream::connect(controller.push).await.unwrap();
+    let mut byte = [0u8; 1];
+    // Well before the 5 s Hello timeout that closes the four.
+    let read = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a fifth unauthenticated connection stayed open: {read:?}"
+    );
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !controller
+        .log()
+        .contains("too many connections before Hello")
+    {
+        assert!(Instant::now() < deadline, "{}", controller.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cap counts only connections before Hello: admitted proxies do not hold it.
+    let mut admitted = Vec::new();
+    for i in 0..6 {
+        admitted.push(
+            ProxyClient::connect(controller.push, &format!("p-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_cannot_forge_log_lines_or_flood_the_log() {
     let dir = manifests();
     let controller = Controller::start(dir.path(), &[]).unwrap();

@@ -37,8 +37,9 @@ pub struct Secured {
 /// How long a new connection has for its TLS handshake and Hello together.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The default cap on connections that have not said an accepted Hello yet.
-pub const MAX_UNAUTHENTICATED: usize = 256;
+/// The default cap on connections that have not said an accepted Hello yet: each costs at most
+/// its 8 KiB Hello buffer and TLS state (about 40 KiB), so about 40 MiB in all.
+pub const MAX_UNAUTHENTICATED: usize = 1024;
 
 /// Refused subscriptions logged per connection; later ones are only counted.
 const REFUSALS_LOGGED: u32 = 10;
