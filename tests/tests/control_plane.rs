@@ -439,6 +439,20 @@ async fn connections_over_the_unauthenticated_cap_are_closed_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_admin_connection_is_closed_after_the_header_timeout() {
+    let dir = manifests();
+    let controller = Controller::start(dir.path(), &[]).unwrap();
+    let mut silent = TcpStream::connect(controller.admin).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent admin connection stayed open: {read:?}"
+    );
+    assert_eq!(controller.admin_get("/live").unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_cannot_forge_log_lines_or_flood_the_log() {
     let dir = manifests();
     let controller = Controller::start(dir.path(), &[]).unwrap();
