@@ -2,6 +2,8 @@
 //!
 //! `cargo run --release -p smidge-bench -- proxy|memory|control-plane [--quick]`
 
+#![forbid(unsafe_code)]
+
 mod control_plane;
 mod load;
 mod memory;

@@ -1,5 +1,7 @@
 //! `smidge`: the command users run.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -2,6 +2,8 @@
 //! ([`case`]), kuttl's assert rule ([`matching`]), the traffic-check step kind ([`traffic`]), the
 //! runner ([`run`]) and its report ([`report`]), and the clusters it runs against ([`target`]).
 
+#![forbid(unsafe_code)]
+
 pub mod case;
 pub mod matching;
 pub mod report;

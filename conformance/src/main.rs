@@ -1,6 +1,8 @@
 //! `smidge-conformance`: runs SMI conformance cases (conformance/cases, or any case directories)
 //! against a cluster and reports every step.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

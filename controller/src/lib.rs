@@ -2,6 +2,8 @@
 //! [`index`], compiles per-proxy views with the pure [`compile`] functions, and pushes them to
 //! proxies over the compact protocol of `smidge-protocol`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod compile;
 pub mod core;

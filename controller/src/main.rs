@@ -1,5 +1,8 @@
 //! `smidge-controller`: reads SMI and Kubernetes objects and pushes per-proxy views.
 
+// One reviewed exception: `release_free_memory` calls glibc's `malloc_trim`.
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,9 +48,14 @@ struct Args {
     /// Where proxies connect.
     #[arg(long, default_value = "0.0.0.0:8086")]
     listen: SocketAddr,
-    /// The admin endpoint (/live, /ready, /problems).
-    #[arg(long, default_value = "0.0.0.0:9996")]
+    /// The admin endpoint (/live, /ready, /problems). Loopback by default: /problems names
+    /// objects and files, which is not for every pod to read.
+    #[arg(long, default_value = "127.0.0.1:9996")]
     admin: SocketAddr,
+    /// The most proxy connections that may be between accept and an accepted Hello at once;
+    /// more are closed at once.
+    #[arg(long, default_value_t = server::MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
     /// The default policy of namespaces without the `smidge.io/default-policy` annotation.
     #[arg(long, default_value = "deny", value_parser = |s: &str| s.parse::<DefaultPolicy>())]
     default_policy: DefaultPolicy,
@@ -100,6 +108,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_open_file_limit();
     let kube_client = if args.identity_secret.is_some() || args.token_review {
         Some(kube::Client::try_default().await.context(
             "connecting to the Kubernetes API (for --identity-secret or --token-review)",
@@ -200,10 +209,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move { provider::file::run(dir, tx).await.context("file provider") });
     let reg = registry.clone();
+    let churn = Arc::new(server::Churn::default());
+    let limits = server::Limits {
+        max_unauthenticated: args.max_unauthenticated.max(1),
+    };
+    let ch = churn.clone();
     tasks.spawn(async move {
-        server::serve(push, reg, secured)
+        server::serve(push, reg, secured, limits, ch)
             .await
             .context("push server")
+    });
+    tasks.spawn(async move {
+        trim_after_bursts(&churn).await;
+        Ok(())
     });
     let st = status.clone();
     tasks.spawn(async move {
@@ -284,12 +302,62 @@ async fn shutdown() {
 /// over the allocator's arenas; glibc keeps those pages unless asked.
 const TRIM_AFTER_EVENTS: usize = 1000;
 
+/// Connections and subscriptions released since the last trim that make one worth it.
+const TRIM_AFTER_RELEASED: u64 = 1000;
+
+/// Returns freed memory once a burst of connections or subscriptions is over: checked every few
+/// seconds, trimmed when many were released since the last trim and none in the last interval.
+async fn trim_after_bursts(churn: &server::Churn) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let (mut trimmed_at, mut last) = (churn.total(), churn.total());
+    loop {
+        tick.tick().await;
+        let now = churn.total();
+        if now == last && now - trimmed_at >= TRIM_AFTER_RELEASED {
+            release_free_memory();
+            tracing::debug!(
+                released = now - trimmed_at,
+                "returned free memory after a burst"
+            );
+            trimmed_at = now;
+        }
+        last = now;
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit: every proxy holds a connection, and
+/// the usual soft limit (1,024) is far below what a mesh needs.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Returns free heap pages to the kernel (tens of MiB after a sync of 50,000 endpoints).
+#[allow(unsafe_code)]
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it takes no pointers
     // from us and is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_endpoint_listens_on_loopback_by_default() {
+        let args =
+            Args::try_parse_from(["smidge-controller", "--manifests", "/tmp"]).expect("parse");
+        assert!(args.admin.ip().is_loopback(), "{}", args.admin);
     }
 }

@@ -8,6 +8,8 @@
 //! proxies, for tests and the demo), [`cluster`] and [`daemon`] (the cluster behind
 //! `smidge local`), [`userns`] (the same as an ordinary user), [`apps`] (programs that stand in for container images).
 
+#![forbid(unsafe_code)]
+
 pub mod apps;
 pub mod cluster;
 pub mod daemon;

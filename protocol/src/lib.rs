@@ -11,6 +11,8 @@
 //!
 //! [`Hello`]: message::ClientMessage::Hello
 
+#![forbid(unsafe_code)]
+
 pub mod authz;
 pub mod codec;
 pub mod delta;
@@ -20,7 +22,10 @@ pub mod names;
 pub mod path;
 pub mod view;
 
-pub use codec::{decode, encode, CodecError, Encoded, FrameCodec, MAX_FRAME_LEN};
+pub use codec::{
+    decode, encode, CodecError, Encoded, FrameCodec, MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN,
+    MAX_HELLO_LEN,
+};
 pub use message::{ClientMessage, ProxyId, ServerMessage, ViewUpdate, PROTOCOL_VERSION};
 pub use view::{
     Authorization, Backend, DefaultPolicy, Endpoint, HttpMatch, Identity, InboundView,

@@ -59,6 +59,9 @@ pub enum ServerMessage {
         version: u64,
         update: ViewUpdate,
     },
+    /// A `Subscribe` the controller refuses (not this proxy's to read, or over its limits). The
+    /// proxy treats the key as [`ViewUpdate::Absent`] and does not ask again until it drops it.
+    SubscribeRefused { key: ViewKey, reason: String },
 }
 
 /// The body of a view message.

@@ -7,6 +7,8 @@
 //!                      discovery ◄──── views ──── controller        admin: /metrics /ready /views
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod balance;
 pub mod ctx;

@@ -1,5 +1,7 @@
 //! `smidge-proxy`: `run` serves as the sidecar; `init` writes the pod's iptables rules.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -201,11 +203,16 @@ fn main() -> ExitCode {
                     let read = |p: &std::path::Path| {
                         std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
                     };
-                    match (read(anchor), read(token)) {
-                        (Ok(anchor_pem), Ok(token)) => Some(run::IdentitySettings {
+                    // The token is read now to fail early, and again before every Hello.
+                    let token_file = smidge_proxy::identity::token::TokenFile::new(token);
+                    match (
+                        read(anchor),
+                        token_file.read().map_err(|e| format!("{e:#}")),
+                    ) {
+                        (Ok(anchor_pem), Ok(_)) => Some(run::IdentitySettings {
                             trust_domain: args.trust_domain.clone(),
                             anchor_pem,
-                            token: token.trim().to_string(),
+                            token: token_file,
                             controller_name: args.controller_name.clone(),
                         }),
                         (Err(e), _) | (_, Err(e)) => {

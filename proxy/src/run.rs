@@ -13,6 +13,7 @@ use crate::balance::Loads;
 use crate::ctx::{Ctx, Settings};
 use crate::discovery::{ClientConfig, ControlTls, Discovery};
 use crate::http::pool::{Pool, PoolConfig};
+use crate::identity::token::TokenFile;
 use crate::identity::MeshIdentity;
 use crate::inbound::identity::ByPeerAddress;
 use crate::metrics::Metrics;
@@ -47,15 +48,26 @@ pub struct Config {
 }
 
 /// Where the proxy's identity comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IdentitySettings {
     pub trust_domain: String,
     /// PEM of the trust anchor.
     pub anchor_pem: String,
-    /// The ServiceAccount token the controller checks.
-    pub token: String,
+    /// The ServiceAccount token the controller checks, read again before every Hello.
+    pub token: TokenFile,
     /// The DNS name in the controller's certificate.
     pub controller_name: String,
+}
+
+/// Written by hand so that no field that could ever hold a secret is printed.
+impl std::fmt::Debug for IdentitySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentitySettings")
+            .field("trust_domain", &self.trust_domain)
+            .field("token_file", &self.token.path())
+            .field("controller_name", &self.controller_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Binds the listeners and serves until the process is stopped.
@@ -242,4 +254,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn accept_failed(listener: &str, e: std::io::Error) {
     tracing::warn!(listener, error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_never_print_the_token() {
+        let path = std::env::temp_dir().join(format!(
+            "smidge-token-settings-debug-{}",
+            std::process::id()
+        ));
+        std::fs::write(&path, "eyJhbGciOiJIUzI1NiJ9.secret-body.signature").expect("write");
+        let settings = IdentitySettings {
+            trust_domain: "cluster.local".into(),
+            anchor_pem: "-----BEGIN CERTIFICATE-----".into(),
+            token: TokenFile::new(&path),
+            controller_name: "smidge-controller".into(),
+        };
+        let shown = format!("{settings:?} {settings:#?}");
+        assert!(
+            !shown.contains("secret-body") && !shown.contains("eyJ"),
+            "{shown}"
+        );
+        assert!(shown.contains("token"), "{shown}");
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: build and start the real binaries, talk to them as a proxy would,
 //! and run a mesh in network namespaces ([`mesh`]) with test apps ([`apps`]).
 
+#![forbid(unsafe_code)]
+
 pub mod local;
 pub mod scenario;
 
@@ -80,11 +82,30 @@ pub struct Controller {
 impl Controller {
     /// Starts the controller on `manifests` with ephemeral ports and waits until it is ready.
     pub fn start(manifests: &Path, extra: &[&str]) -> anyhow::Result<Controller> {
+        Self::start_with(manifests, "127.0.0.1:0", extra, &[])
+    }
+
+    /// Like [`start`](Self::start), with the push port at `listen` and the controller run under
+    /// `wrapper` (for example `["prlimit", "--nofile=100:100", "--"]`) when it is not empty.
+    pub fn start_with(
+        manifests: &Path,
+        listen: &str,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> anyhow::Result<Controller> {
         let bin = binary("smidge-controller", "smidge-controller")?;
-        let mut child = Command::new(bin)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(["--provider", "file", "--manifests"])
             .arg(manifests)
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -146,6 +167,18 @@ impl Controller {
     /// `GET` on the admin endpoint; the status code and body.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         http_get(self.admin, path)
+    }
+}
+
+impl Controller {
+    /// The controller's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

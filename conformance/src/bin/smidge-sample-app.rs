@@ -2,6 +2,8 @@
 //! (9091) as `SERVICE_NAME`. `smidge-sample-app fetch METHOD URL [BODY]` makes one request and
 //! prints the status and body (the conformance harness uses it from inside the cluster).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use smidge_conformance::sample_app::{fetch, listen, App, DEFAULT_PORT};

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use smidge_protocol::names::{dns_name, spiffe_id};
@@ -87,6 +87,8 @@ impl Authority {
 
     fn params(&self, names: Vec<SanType>, now: OffsetDateTime) -> (CertificateParams, u64) {
         let mut params = CertificateParams::default();
+        // An empty subject: the names are in the SANs (rcgen's default is a placeholder CN).
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = names;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -105,7 +107,8 @@ impl Authority {
         (params, not_after)
     }
 
-    /// A certificate for the token's ServiceAccount, if the CSR asks for exactly its names.
+    /// A certificate for the token's ServiceAccount, if the CSR asks for exactly its names. It
+    /// ends no later than the token (`claims.exp`), so it never outlives the proof that earned it.
     pub fn issue(
         &self,
         claims: &Claims,
@@ -126,7 +129,15 @@ impl Authority {
                 allowed: spiffe_id(&self.trust_domain, &id),
             });
         }
-        let (params, not_after) = self.params(allowed, now);
+        let (mut params, mut not_after) = self.params(allowed, now);
+        if let Some(exp) = i64::try_from(claims.exp)
+            .ok()
+            .and_then(|e| OffsetDateTime::from_unix_timestamp(e).ok())
+            .filter(|e| *e < params.not_after)
+        {
+            params.not_after = exp;
+            not_after = claims.exp;
+        }
         csr.params = params;
         let cert = csr
             .signed_by(&self.issuer)
@@ -232,6 +243,26 @@ mod tests {
         );
         let life = cert.validity().not_after.timestamp() - now.unix_timestamp();
         assert!((3500..=3600).contains(&life), "lifetime {life}");
+    }
+
+    #[test]
+    fn a_certificate_ends_no_later_than_its_token_and_has_no_placeholder_subject() {
+        let (_d, a) = authority();
+        let now = OffsetDateTime::now_utc();
+        let mut c = claims("checkout");
+        c.exp = u64::try_from(now.unix_timestamp()).expect("now") + 600;
+        let issued = a.issue(&c, &csr_for(&CHECKOUT), now).expect("issued");
+        let (_, cert) = x509_parser::parse_x509_certificate(&issued.chain[0]).expect("x509");
+        let not_after = cert.validity().not_after.timestamp();
+        assert!(
+            u64::try_from(not_after).expect("after 1970") <= c.exp,
+            "{not_after} > {}",
+            c.exp
+        );
+        assert_eq!(issued.not_after, c.exp);
+        let subject = cert.subject().to_string();
+        assert!(!subject.contains("rcgen"), "subject {subject:?}");
+        assert_eq!(cert.subject().iter_attributes().count(), 0, "{subject:?}");
     }
 
     #[test]

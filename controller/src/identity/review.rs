@@ -4,7 +4,7 @@
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
-use super::token::{Claims, TokenKey, AUDIENCE};
+use super::token::{unverified_exp, Claims, TokenKey, AUDIENCE};
 
 /// How the controller checks tokens.
 pub enum Proof {
@@ -13,7 +13,8 @@ pub enum Proof {
 }
 
 impl Proof {
-    /// The claims a token proves. Errors never contain the token.
+    /// The claims a token proves. Errors never contain the token. With TokenReview the API server
+    /// is asked again at every call (so a deleted pod's token stops working).
     pub async fn verify(&self, token: &str, now: u64) -> Result<Claims, String> {
         match self {
             Proof::Local(key) => key.verify(token, now).map_err(|e| e.to_string()),
@@ -84,7 +85,8 @@ impl TokenReviewer {
             sa: sa.to_string(),
             pod,
             aud: AUDIENCE.to_string(),
-            exp: u64::MAX,
+            // The API server checked the token; its exp (when it has one) bounds certificates.
+            exp: unverified_exp(token).unwrap_or(u64::MAX),
         })
     }
 }

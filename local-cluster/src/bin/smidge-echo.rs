@@ -2,6 +2,8 @@
 //! (8080) answering `<name> <path> host=<host>` with an `x-backend: <name>` header, and TCP echo on
 //! `ECHO_PORT` (7000). The name is `SERVICE_NAME`, else `HOSTNAME` (the pod's name).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn port(var: &str, default: u16) -> Result<u16, String> {

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 use super::{Command, Discovery};
+use crate::identity::token::TokenFile;
 use crate::identity::MeshIdentity;
 
 /// TLS to the controller, and what the proxy proves itself with.
@@ -22,7 +23,8 @@ pub struct ControlTls {
     pub connector: tokio_rustls::TlsConnector,
     /// The DNS name in the controller's certificate.
     pub server_name: rustls::pki_types::ServerName<'static>,
-    pub token: String,
+    /// Read again before every Hello: projected tokens rotate.
+    pub token: TokenFile,
     /// Certificates for the data path.
     pub identity: Arc<MeshIdentity>,
 }
@@ -119,11 +121,15 @@ async fn session(
         ),
         None => Box::new(stream),
     };
+    let token = match &config.tls {
+        Some(tls) => Some(tls.token.read()?),
+        None => None,
+    };
     let mut conn: Conn = Framed::new(io, FrameCodec::default());
     conn.send(ClientMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         proxy: proxy.clone(),
-        token: config.tls.as_ref().map(|t| t.token.clone()),
+        token,
     })
     .await?;
     match tokio::time::timeout(config.connect_timeout, conn.next()).await {
@@ -204,6 +210,15 @@ async fn session(
                                     tracing::warn!(error = %e, "cannot use the issued certificate");
                                 }
                             }
+                        }
+                        continue;
+                    }
+                    Some(Ok(ServerMessage::SubscribeRefused { key, reason })) => {
+                        // Served as a destination the mesh does not know; asked again only
+                        // after the proxy drops the key and needs it anew.
+                        tracing::warn!(%key, reason = ?reason, "the controller refused a subscription");
+                        if let Err(reason) = discovery.apply(&key, 0, smidge_protocol::ViewUpdate::Absent) {
+                            tracing::warn!(%key, %reason, "cannot mark a refused view absent");
                         }
                         continue;
                     }

@@ -3,6 +3,7 @@
 //! inbound mTLS).
 
 mod peer;
+pub mod token;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

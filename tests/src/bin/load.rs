@@ -5,6 +5,8 @@
 //!
 //! `load URL [--connections N] [--requests N | --duration-ms MS] [--interval-ms MS] [--method M]`
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};

@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release -p smidge-e2e --bin proxy-rss -- [connections] [seconds]`
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
