@@ -166,6 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 outbound: config.outbound.port(),
                 inbound: config.inbound.port(),
                 admin: config.admin.port(),
+                admin_private: config.admin_private.port(),
             },
         },
         identity_label: match &mesh {

@@ -11,11 +11,13 @@ pub struct OwnPorts {
     pub outbound: u16,
     pub inbound: u16,
     pub admin: u16,
+    /// The loopback admin listener (`/views`, `/metrics`): never reachable through the redirect.
+    pub admin_private: u16,
 }
 
 impl OwnPorts {
     pub fn contains(&self, port: u16) -> bool {
-        [self.outbound, self.inbound, self.admin].contains(&port)
+        [self.outbound, self.inbound, self.admin, self.admin_private].contains(&port)
     }
 }
 
@@ -73,6 +75,7 @@ mod tests {
         outbound: 4140,
         inbound: 4143,
         admin: 4191,
+        admin_private: 4192,
     };
 
     fn addr(s: &str) -> SocketAddr {
@@ -87,6 +90,7 @@ mod tests {
         assert_eq!(to("10.88.0.11:4143"), Destination::PeerProxy);
         assert_eq!(to("10.88.0.11:4140"), Destination::Refused("proxy-port"));
         assert_eq!(to("10.88.0.11:4191"), Destination::Refused("proxy-port"));
+        assert_eq!(to("10.88.0.11:4192"), Destination::Refused("proxy-port"));
         assert_eq!(
             to("127.0.0.1:4143"),
             Destination::Refused("loopback-destination")
@@ -105,7 +109,7 @@ mod tests {
     #[test]
     fn a_port_header_may_not_name_the_proxy() {
         assert_eq!(header_port(9995, &OWN), Ok(9995));
-        for own in [4140, 4143, 4191] {
+        for own in [4140, 4143, 4191, 4192] {
             assert_eq!(header_port(own, &OWN), Err("proxy-port"));
         }
         assert_eq!(header_port(0, &OWN), Err("port-zero"));
