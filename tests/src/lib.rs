@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod scenario;
+pub mod wire;
 
 pub use smidge_local_cluster::{apps, mesh};
 
@@ -162,6 +163,22 @@ impl Controller {
     /// Everything the controller has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the log to hold `needle` (lines reach it through a reader thread, so
+    /// after whatever caused them); the whole log, or an error quoting it.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!("no {needle:?} in the controller's log within {limit:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `GET` on the admin endpoint; the status code and body.

@@ -17,6 +17,7 @@ use smidge_e2e::apps::H1;
 use smidge_e2e::mesh::{in_pod, spawn_in_pod, Mesh};
 use smidge_e2e::metric_sum;
 use smidge_e2e::scenario::{manifests, start, start_with, web, V1_IP};
+use smidge_e2e::wire::capture;
 use smidge_local_cluster::netns::Pod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -386,42 +387,6 @@ fn a_connection_to_the_inbound_port_is_closed_without_looping() -> anyhow::Resul
         "the proxy went from {before} to {during} fds for one connection"
     );
     Ok(())
-}
-
-/// Every frame seen in the node's namespace (the bridge between the pods) until `stop`.
-fn capture(
-    netns: String,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<Vec<u8>>> {
-    use nix::sys::socket::{
-        recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
-        SockType,
-    };
-    use std::os::fd::AsRawFd;
-    std::thread::spawn(move || {
-        smidge_local_cluster::netns::enter_netns(&netns)?;
-        let fd = socket(
-            AddressFamily::Packet,
-            SockType::Raw,
-            SockFlag::empty(),
-            SockProtocol::EthAll,
-        )?;
-        setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, 100_000),
-        )?;
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
-            match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(seen)
-    })
 }
 
 #[test]

@@ -15,42 +15,7 @@ use smidge_e2e::apps::H1;
 use smidge_e2e::mesh::{in_pod, Mesh};
 use smidge_e2e::metric_sum;
 use smidge_e2e::scenario::{manifests, start, start_with, web, V1_IP};
-
-/// Every frame seen in the node's namespace (the bridge between the pods) until `stop`.
-fn capture(
-    netns: String,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<Vec<u8>>> {
-    use nix::sys::socket::{
-        recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
-        SockType,
-    };
-    use std::os::fd::AsRawFd;
-    std::thread::spawn(move || {
-        smidge_local_cluster::netns::enter_netns(&netns)?;
-        let fd = socket(
-            AddressFamily::Packet,
-            SockType::Raw,
-            SockFlag::empty(),
-            SockProtocol::EthAll,
-        )?;
-        setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, 100_000),
-        )?;
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
-            match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(seen)
-    })
-}
+use smidge_e2e::wire::capture;
 
 /// Requests web-v1's proxy admitted from the client's SPIFFE identity over mTLS.
 fn client_requests_over_mtls(mesh: &Mesh) -> anyhow::Result<f64> {

@@ -1,0 +1,40 @@
+//! Watching the wire between pods: what an eavesdropper on the node's bridge would see.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Every frame seen in the node's namespace (the bridge between the pods) until `stop`.
+pub fn capture(
+    netns: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<u8>>> {
+    use nix::sys::socket::{
+        recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
+        SockType,
+    };
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        smidge_local_cluster::netns::enter_netns(&netns)?;
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )?;
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )?;
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(seen)
+    })
+}
