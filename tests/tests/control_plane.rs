@@ -543,10 +543,13 @@ async fn memory_is_returned_after_a_burst_of_connections_and_subscriptions() {
     }
     let peak = rss_anon_kib(pid);
     drop(proxies);
-    // The controller trims once the burst has been over for a few seconds.
+    // The controller trims once the burst has been over for a few seconds. What it keeps after
+    // that (maps sized for the burst, allocator slack) depends on how the burst interleaved with
+    // other work: at least nine tenths of what the burst took must come back.
+    let bound = before + (peak - before) / 10;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut after = rss_anon_kib(pid);
-    while after > before + 8 * 1024 && Instant::now() < deadline {
+    while after > bound && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
         after = rss_anon_kib(pid);
     }
@@ -559,8 +562,8 @@ async fn memory_is_returned_after_a_burst_of_connections_and_subscriptions() {
         "the burst cost too little to tell"
     );
     assert!(
-        after <= before + 8 * 1024,
-        "RssAnon stayed at {after} KiB (from {before}, peak {peak})"
+        after <= bound,
+        "RssAnon stayed at {after} KiB (from {before}, peak {peak}; at most {bound} expected)"
     );
 }
 
