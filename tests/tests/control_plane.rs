@@ -545,8 +545,9 @@ async fn memory_is_returned_after_a_burst_of_connections_and_subscriptions() {
     drop(proxies);
     // The controller trims once the burst has been over for a few seconds. What it keeps after
     // that (maps sized for the burst, allocator slack) depends on how the burst interleaved with
-    // other work: at least nine tenths of what the burst took must come back.
-    let bound = before + peak.saturating_sub(before) / 10;
+    // other work (alone it keeps ~2 MiB of 113; beside the whole suite up to ~14), and glibc
+    // without a trim kept nearly all of it: at least three quarters must come back.
+    let bound = before + peak.saturating_sub(before) / 4;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut after = rss_anon_kib(pid);
     while after > bound && Instant::now() < deadline {
