@@ -6,9 +6,10 @@ use smidge_protocol::ProxyId;
 /// The longest free-text reason from a proxy that is logged; the rest is cut.
 pub const MAX_REASON_LEN: usize = 256;
 
-/// Refuses a Hello whose names are not Kubernetes names: namespace and ServiceAccount as
-/// DNS-1123 labels (they are spelled inside SPIFFE IDs and DNS names), the pod as a DNS-1123
-/// subdomain. The error names the field and the rule, never the value.
+/// Refuses a Hello whose names are not Kubernetes names: the namespace as a DNS-1123 label, the
+/// ServiceAccount and the pod as DNS-1123 subdomains (as Kubernetes names them; a dotted
+/// ServiceAccount stays unambiguous in `<sa>.<ns>.serviceaccount…`, where the namespace is the
+/// label before `serviceaccount`). The error names the field and the rule, never the value.
 pub fn validate(proxy: &ProxyId) -> Result<(), String> {
     let check = |field: &str, value: &str, ok: fn(&str) -> bool, rule: &str| {
         if ok(value) {
@@ -29,8 +30,8 @@ pub fn validate(proxy: &ProxyId) -> Result<(), String> {
     check(
         "ServiceAccount",
         &proxy.service_account,
-        is_label,
-        "a DNS-1123 label: at most 63 of a-z, 0-9 and '-', starting and ending alphanumeric",
+        is_subdomain,
+        "a DNS-1123 subdomain: at most 253 bytes of labels joined by '.'",
     )?;
     check(
         "pod name",
@@ -83,6 +84,8 @@ mod tests {
     #[test]
     fn kubernetes_names_pass() {
         assert_eq!(validate(&proxy("shop", "web-7d9f.x", "web-v1")), Ok(()));
+        // ServiceAccount names are subdomains in Kubernetes: dots are allowed.
+        assert_eq!(validate(&proxy("shop", "build-1", "build.bot")), Ok(()));
         assert!(is_label(&"a".repeat(63)));
         assert!(is_subdomain(&vec!["a".repeat(63); 3].join(".")));
     }

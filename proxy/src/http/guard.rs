@@ -30,7 +30,12 @@ pub fn prepare<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         return Err("connection-nominates-host");
     }
     if req.method() == Method::CONNECT {
-        return Ok(());
+        // Only authority-form (`CONNECT host:port`) names no path; a CONNECT with a path would be
+        // matched and forwarded without normalization, so it is refused.
+        return match req.uri().path_and_query() {
+            None => Ok(()),
+            Some(_) => Err("connect-with-path"),
+        };
     }
     if req.version() < Version::HTTP_2 {
         if let Some(authority) = req.uri().authority() {
@@ -157,6 +162,26 @@ mod tests {
             req.headers().get(HOST).map(|h| h.as_bytes()),
             Some(&b"evil.example"[..])
         );
+    }
+
+    #[test]
+    fn a_connect_with_a_path_is_refused_and_authority_form_passes() {
+        let connect = |target: &str| {
+            Request::builder()
+                .method(Method::CONNECT)
+                .uri(target)
+                .body(())
+                .expect("request")
+        };
+        assert_eq!(
+            prepare(&mut connect("/api/../admin")),
+            Err("connect-with-path")
+        );
+        assert_eq!(
+            prepare(&mut connect("http://x/api/..%2fadmin")),
+            Err("connect-with-path")
+        );
+        assert_eq!(prepare(&mut connect("web.shop:443")), Ok(()));
     }
 
     #[test]
