@@ -36,6 +36,7 @@ pub async fn serve<I>(
     let authorize = Authorize {
         ctx: ctx.clone(),
         dst,
+        authority: ctx.metrics.inbound_authority(dst),
         app,
         src_label: caller.label(&ctx),
         tls: caller.tls,
@@ -49,6 +50,8 @@ pub async fn serve<I>(
 struct Authorize {
     ctx: Arc<Ctx>,
     dst: SocketAddr,
+    /// The metrics authority of `dst`, labelled once per connection (its port label never changes).
+    authority: String,
     app: Target,
     src_label: String,
     tls: bool,
@@ -71,7 +74,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
         let client = self.client.clone();
         let tls = self.tls;
         let mut labels = Labels {
-            authority: ctx.metrics.inbound_authority(self.dst),
+            authority: self.authority.clone(),
             src_identity: self.src_label.clone(),
             dst_identity: ctx.identity_label.clone(),
             tls,
