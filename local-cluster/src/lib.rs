@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod kube;
 pub mod mesh;
 pub mod netns;
+pub mod node;
 pub mod objects;
 pub mod render;
 pub mod services;
