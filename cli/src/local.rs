@@ -12,7 +12,15 @@ use smidge_local_cluster::daemon::{self, Request, Response};
 #[derive(Subcommand)]
 pub enum LocalCommand {
     /// Start the cluster (node, controller) and return once the control plane is ready.
-    Up,
+    Up {
+        /// Run a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+        /// kube-scheduler; built from source by kube/build.sh the first time) with this machine
+        /// as its one Node; manage it with kubectl (`smidge local kubeconfig`).
+        #[arg(long)]
+        kubernetes: bool,
+    },
+    /// Print the path of the admin kubeconfig of a `--kubernetes` cluster.
+    Kubeconfig,
     /// Create or update objects from files (or directories of .yaml/.yml/.json; `-` is stdin).
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -95,6 +103,9 @@ pub enum LocalCommand {
         /// Inside a user namespace (started by an ordinary user).
         #[arg(long)]
         userns: bool,
+        /// Run Kubernetes, from the control-plane binaries in this directory.
+        #[arg(long)]
+        kubernetes_bin: Option<PathBuf>,
     },
 }
 
@@ -125,8 +136,22 @@ fn is_root() -> bool {
 
 pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
     match command {
-        LocalCommand::Up => up(state),
-        LocalCommand::Daemon { userns } => {
+        LocalCommand::Up { kubernetes } => up(state, kubernetes),
+        LocalCommand::Kubeconfig => {
+            let path = smidge_local_cluster::kube::daemon::kubeconfig_path(state);
+            if !path.is_file() {
+                bail!(
+                    "no kubeconfig at {}: start a cluster with `smidge local up --kubernetes`",
+                    path.display()
+                );
+            }
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        LocalCommand::Daemon {
+            userns,
+            kubernetes_bin,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -134,7 +159,14 @@ pub fn run(state: &Path, command: LocalCommand) -> anyhow::Result<ExitCode> {
                 )
                 .with_ansi(false)
                 .init();
-            daemon::run(Programs::beside_current_exe()?, state, userns)?;
+            match kubernetes_bin {
+                Some(bin) => smidge_local_cluster::kube::daemon::run(
+                    Programs::beside_current_exe()?,
+                    state,
+                    &bin,
+                )?,
+                None => daemon::run(Programs::beside_current_exe()?, state, userns)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         LocalCommand::Apply { files, wait } => {
@@ -351,7 +383,8 @@ fn clean_stale(state: &Path) -> anyhow::Result<String> {
         }
     }
     if is_root() {
-        let stale = smidge_local_cluster::cluster::remove_stale()?;
+        let stale = smidge_local_cluster::cluster::remove_stale()?
+            + smidge_local_cluster::netns::remove_stale(smidge_local_cluster::kube::cluster::TAG)?;
         if stale > 0 {
             said.push_str(&format!(
                 " (removed {stale} network namespace(s) a previous run left behind)"
@@ -361,8 +394,11 @@ fn clean_stale(state: &Path) -> anyhow::Result<String> {
     Ok(said)
 }
 
-fn up(state: &Path) -> anyhow::Result<ExitCode> {
+fn up(state: &Path, kubernetes: bool) -> anyhow::Result<ExitCode> {
     let userns = !is_root();
+    if kubernetes && userns {
+        bail!("`smidge local up --kubernetes` needs root (its node agent makes network and mount namespaces)");
+    }
     if userns {
         if let Err(problem) = smidge_local_cluster::userns::check() {
             bail!(
@@ -399,6 +435,11 @@ fn up(state: &Path) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_file(daemon::socket_path(state));
     let _ = std::fs::remove_file(daemon::pid_path(state));
     std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let kubernetes_bin = if kubernetes {
+        Some(control_plane_binaries()?)
+    } else {
+        None
+    };
     let log_path = state.join("daemon.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
@@ -423,11 +464,16 @@ fn up(state: &Path) -> anyhow::Result<ExitCode> {
     if userns {
         cmd.arg("--userns");
     }
+    if let Some(bin) = &kubernetes_bin {
+        cmd.arg("--kubernetes-bin").arg(bin);
+    }
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     let mut child = cmd.spawn().context("starting the daemon")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A control plane takes a few seconds more than the embedded cluster to come up.
+    let wait = if kubernetes { 180 } else { 60 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         if daemon::request(state, &Request::Status).is_ok() {
             break;
@@ -442,11 +488,25 @@ fn up(state: &Path) -> anyhow::Result<ExitCode> {
         if Instant::now() > deadline {
             let _ = child.kill();
             bail!(
-                "the local cluster did not come up within 60 s; see {}",
+                "the local cluster did not come up within {wait} s; see {}",
                 log_path.display()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if kubernetes {
+        let kubeconfig = smidge_local_cluster::kube::daemon::kubeconfig_path(state);
+        println!(
+            "kubernetes local cluster up (daemon pid {}, node {} Ready, state and logs in {})",
+            child.id(),
+            smidge_local_cluster::kube::args::NODE_NAME,
+            state.display()
+        );
+        println!(
+            "next: export KUBECONFIG={}   kubectl get nodes   smidge local down",
+            kubeconfig.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "local cluster up (daemon pid {}, controller at {}:{}, state and logs in {})",
@@ -457,6 +517,49 @@ fn up(state: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("next: smidge local apply -f <file>   smidge local get pods -A   smidge local down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The control plane's binaries, built by `kube/build.sh` first if they are missing (minutes
+/// the first time; its progress shows).
+fn control_plane_binaries() -> anyhow::Result<PathBuf> {
+    use smidge_local_cluster::kube;
+    let bin = match std::env::var_os("SMIDGE_KUBE_BIN").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => kube::cached_bin_dir()?,
+    };
+    if kube::missing_binaries(&bin, &kube::COMPONENTS).is_empty() {
+        return Ok(bin);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kube/build.sh");
+    if !script.is_file() {
+        bail!(
+            "the control plane's binaries are not in {} and {} (which builds them) is not here: \
+             run kube/build.sh from smidge's repository, or set SMIDGE_KUBE_BIN",
+            bin.display(),
+            script.display()
+        );
+    }
+    eprintln!(
+        "building the Kubernetes control plane from source (the first time takes minutes): {}",
+        script.display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    let missing = kube::missing_binaries(&bin, &kube::COMPONENTS);
+    if !missing.is_empty() {
+        bail!(
+            "{} ran but {} are not in {}",
+            script.display(),
+            missing.join(", "),
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

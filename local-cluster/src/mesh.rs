@@ -616,3 +616,19 @@ pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// Turns on IPv4 forwarding in the node namespace `node_netns` (pods reach each other, the
+/// node and Services through it).
+pub(crate) fn enable_forwarding(node_netns: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", node_netns, "sh", "-c"])
+        .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "enabling forwarding in the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

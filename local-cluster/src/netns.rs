@@ -99,36 +99,8 @@ impl Node {
         let index = self.next_pod;
         self.next_pod += 1;
         let netns = format!("{}-p{index}", self.name);
-        ip(&["netns", "add", &netns])?;
         self.pods.push(netns.clone());
-        let node = self.name.as_str();
-        let host_end = format!("veth{index}");
-        ip(&[
-            "-n", node, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
-            &netns,
-        ])?;
-        ip(&["-n", node, "link", "set", &host_end, "master", "br0", "up"])?;
-        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{ip_addr}/{PREFIX}"),
-            "dev",
-            "eth0",
-        ])?;
-        disable_ipv6(&netns, "eth0");
-        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &self.gateway.to_string(),
-        ])?;
+        attach_pod(&self.name, self.gateway, &netns, &format!("veth{index}"), ip_addr)?;
         Ok(Pod {
             name: name.into(),
             netns,
@@ -155,6 +127,96 @@ impl Node {
     }
 }
 
+/// Makes network namespace `netns` a pod of the node namespace `node` (bridge `br0` at
+/// `gateway`): a veth pair (`link` on the node's side, at most 15 bytes; `eth0` in the pod) at
+/// `ip_addr`, with a default route through the node. For callers that are not the [`Node`]'s
+/// owner (the node agent, a process of its own).
+pub fn attach_pod(
+    node: &str,
+    gateway: Ipv4Addr,
+    netns: &str,
+    link: &str,
+    ip_addr: Ipv4Addr,
+) -> anyhow::Result<()> {
+    ip(&["netns", "add", netns])?;
+    ip(&[
+        "-n", node, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns,
+    ])?;
+    ip(&["-n", node, "link", "set", link, "master", "br0", "up"])?;
+    ip(&["-n", netns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        netns,
+        "addr",
+        "add",
+        &format!("{ip_addr}/{PREFIX}"),
+        "dev",
+        "eth0",
+    ])?;
+    disable_ipv6(netns, "eth0");
+    ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", netns, "route", "add", "default", "via", &gateway.to_string()])?;
+    Ok(())
+}
+
+/// Removes a pod namespace by name (its link goes with it) and its `/etc/netns` files.
+pub fn remove_netns(netns: &str) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(etc_dir(netns));
+    ip(&["netns", "del", netns])
+}
+
+/// Whether a network namespace of this name exists.
+pub fn netns_exists(netns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(netns).exists()
+}
+
+/// Names of the network namespaces starting with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// SIGKILLs every process in network namespace `netns`; returns how many.
+pub fn kill_in_netns(netns: &str) -> usize {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() else {
+        return 0;
+    };
+    let mut n = 0;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The `/etc/hosts` programs in `netns` see (see [`Pod::write_hosts`]).
+pub fn write_hosts(netns: &str, text: &str) -> anyhow::Result<()> {
+    let dir = etc_dir(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("hosts");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Where [`write_hosts`] writes, for programs that bind-mount it themselves.
+pub fn hosts_path(netns: &str) -> std::path::PathBuf {
+    etc_dir(netns).join("hosts")
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         for ns in self.pods.iter().chain(std::iter::once(&self.name)) {
@@ -176,11 +238,7 @@ impl Pod {
     /// place: `ip netns exec` bind-mounts the file itself, so programs already running keep the
     /// inode they were given and would never see a replacement.
     pub fn write_hosts(&self, text: &str) -> anyhow::Result<()> {
-        let dir = etc_dir(&self.netns);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("hosts");
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        write_hosts(&self.netns, text)
     }
 
     /// A command that runs inside the pod's namespace, as `uid` (and the same gid) if given.

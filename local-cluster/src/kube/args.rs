@@ -37,7 +37,18 @@ pub mod certs {
     pub const ADMIN: &str = "admin";
     pub const CONTROLLER_MANAGER: &str = "controller-manager";
     pub const SCHEDULER: &str = "scheduler";
+    /// The API server's client certificate towards kubelets (logs).
+    pub const APISERVER_KUBELET_CLIENT: &str = "apiserver-kubelet-client";
+    /// The node agent's client certificate: `system:node:<node>` in `system:nodes`.
+    pub const NODE: &str = "node";
+    /// The node agent's serving certificate (its log endpoint), for the node's address.
+    pub const NODE_SERVING: &str = "node-serving";
+    /// kube-proxy's client certificate: `system:kube-proxy` (bound to `system:node-proxier`).
+    pub const KUBE_PROXY: &str = "kube-proxy";
 }
+
+/// The one node of the local cluster.
+pub const NODE_NAME: &str = "smidge-node";
 
 /// Where the service-account tokens say they come from (and the API audience).
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -63,6 +74,14 @@ impl Layout {
     }
     pub fn scheduler_kubeconfig(&self) -> PathBuf {
         self.state.join("scheduler.kubeconfig")
+    }
+    /// The node agent's kubeconfig (its node identity).
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        self.state.join("node.kubeconfig")
+    }
+    /// kube-proxy's kubeconfig (the node agent's second identity).
+    pub fn kube_proxy_kubeconfig(&self) -> PathBuf {
+        self.state.join("kube-proxy.kubeconfig")
     }
     /// Where a component writes its own files (self-signed serving certificates).
     pub fn component_dir(&self, name: &str) -> PathBuf {
@@ -159,6 +178,21 @@ pub fn apiserver(l: &Layout) -> Vec<String> {
         ),
         flag("allow-privileged", "true"),
         flag("profiling", "false"),
+        // `kubectl logs`: the API server calls the node's log endpoint by its InternalIP, with
+        // a client certificate, and checks the endpoint's certificate against the cluster CA.
+        flag(
+            "kubelet-client-certificate",
+            path(pki.cert(certs::APISERVER_KUBELET_CLIENT)),
+        ),
+        flag(
+            "kubelet-client-key",
+            path(pki.key(certs::APISERVER_KUBELET_CLIENT)),
+        ),
+        flag("kubelet-certificate-authority", path(pki.cert(Files::CA))),
+        flag("kubelet-preferred-address-types", "InternalIP"),
+        // Webhooks and aggregated APIs are dialled at their endpoints' pod IPs, which the API
+        // server (in the node's network namespace) reaches directly on the bridge.
+        flag("enable-aggregator-routing", "true"),
     ];
     if l.address.is_loopback() {
         args.push(flag("endpoint-reconciler-type", "none"));
@@ -246,6 +280,9 @@ mod tests {
             "--client-ca-file=/s/pki/ca.crt",
             "--service-account-signing-key-file=/s/pki/sa.key",
             "--service-account-key-file=/s/pki/sa.pub",
+            "--kubelet-client-certificate=/s/pki/apiserver-kubelet-client.crt",
+            "--kubelet-certificate-authority=/s/pki/ca.crt",
+            "--enable-aggregator-routing=true",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
         }

@@ -101,7 +101,7 @@ impl ControlPlane {
             .enable_all()
             .build()
             .context("starting a runtime for the readiness checks")?;
-        let client = runtime.block_on(admin_client(&plane.layout.kubeconfig()))?;
+        let client = runtime.block_on(client(&plane.layout.kubeconfig()))?;
         // kube-controller-manager and kube-scheduler exit if the API server is up but its RBAC
         // roles are not yet, so they start once /readyz (which waits for those) says ok.
         for (name, args) in [
@@ -143,6 +143,11 @@ impl ControlPlane {
     /// The admin's kubeconfig (`<state>/kubeconfig`).
     pub fn kubeconfig(&self) -> PathBuf {
         self.layout.kubeconfig()
+    }
+
+    /// Where its files and ports are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// The API server's URL.
@@ -212,12 +217,12 @@ impl ControlPlane {
     }
 }
 
-/// A client authenticated as the admin.
-async fn admin_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let config = Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
+/// A client with the credentials of `kubeconfig` (the admin's, the node's, …).
+pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let config = Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await
-        .context("loading the admin kubeconfig")?;
+        .with_context(|| format!("loading {}", kubeconfig.display()))?;
     kube::Client::try_from(config).context("making a client")
 }
 
@@ -297,6 +302,22 @@ fn leaves(l: &Layout) -> anyhow::Result<Vec<Leaf>> {
             &[],
         ),
         Leaf::client(certs::SCHEDULER, "system:kube-scheduler", &[]),
+        Leaf::client(
+            certs::APISERVER_KUBELET_CLIENT,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+        ),
+        Leaf::client(
+            certs::NODE,
+            &format!("system:node:{}", args::NODE_NAME),
+            &["system:nodes"],
+        ),
+        Leaf::server(
+            certs::NODE_SERVING,
+            &[args::NODE_NAME, "localhost"],
+            &[l.address.into(), loopback],
+        ),
+        Leaf::client(certs::KUBE_PROXY, "system:kube-proxy", &[]),
     ])
 }
 
@@ -306,6 +327,8 @@ fn write_kubeconfigs(l: &Layout) -> anyhow::Result<()> {
         (l.kubeconfig(), certs::ADMIN),
         (l.controller_manager_kubeconfig(), certs::CONTROLLER_MANAGER),
         (l.scheduler_kubeconfig(), certs::SCHEDULER),
+        (l.node_kubeconfig(), certs::NODE),
+        (l.kube_proxy_kubeconfig(), certs::KUBE_PROXY),
     ] {
         let text = kubeconfig::render(
             &l.apiserver_url(),

@@ -4,6 +4,8 @@
 //! lines), [`kubeconfig`]; I/O: [`process`] (one component), [`control_plane`] (all of them).
 
 pub mod args;
+pub mod cluster;
+pub mod daemon;
 pub mod control_plane;
 pub mod kubeconfig;
 pub mod pki;

@@ -5,10 +5,17 @@
 //! (kube-proxy's rules and the pods' hosts files from Services and EndpointSlices). I/O: [`logs`]
 //! (the kubelet's log endpoint).
 
+pub mod agent;
 pub mod images;
+pub mod kubelet;
 pub mod lifecycle;
 pub mod logs;
 pub mod plan;
 pub mod probe;
+pub mod probing;
+pub mod proxier;
+pub mod registration;
+pub mod runtime;
 pub mod services;
+pub mod shim;
 pub mod status;
