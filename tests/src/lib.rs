@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod kube;
 pub mod local;
 pub mod scenario;
 pub mod wire;

@@ -106,6 +106,9 @@ impl KubeCluster {
             serving_cert: pki.cert(super::args::certs::NODE_SERVING),
             serving_key: pki.key(super::args::certs::NODE_SERVING),
             client_ca: pki.cert(Files::CA),
+            token_refresh_secs: std::env::var("SMIDGE_NODE_TOKEN_REFRESH_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 

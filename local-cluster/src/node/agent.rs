@@ -34,6 +34,11 @@ pub struct AgentConfig {
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
     pub client_ca: PathBuf,
+    /// Refresh projected tokens once they are this old, even before the kubelet's rule (80%
+    /// of their life) asks: tokens live at least 10 minutes, too long to watch one refresh in
+    /// a test. From `SMIDGE_NODE_TOKEN_REFRESH_SECS`.
+    #[serde(default)]
+    pub token_refresh_secs: Option<u64>,
 }
 
 impl AgentConfig {

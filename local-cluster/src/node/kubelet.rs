@@ -404,7 +404,7 @@ impl Worker {
         }
         self.refresh_volumes(k, &plan).await;
         self.observe();
-        self.run_probes(&plan).await;
+        self.run_probes(&plan, &k.config.programs).await;
         self.act(k, &plan);
         self.write_status(k, pod, &plan).await;
         Ok(())
@@ -438,10 +438,11 @@ impl Worker {
         let mut due = self.fetched_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         for spec in plan::token_requests(plan) {
             let key = (spec.audience.clone(), spec.expiration_seconds);
-            let fresh = self
-                .tokens
-                .get(&key)
-                .is_some_and(|t| !plan::refresh_due(t.issued, t.expires, now));
+            let early = k.config.token_refresh_secs.map(Duration::from_secs);
+            let fresh = self.tokens.get(&key).is_some_and(|t| {
+                !plan::refresh_due(t.issued, t.expires, now)
+                    && early.is_none_or(|e| now.duration_since(t.issued).unwrap_or_default() < e)
+            });
             if fresh {
                 continue;
             }
@@ -520,7 +521,7 @@ impl Worker {
     }
 
     /// Runs the probes that are due, all at once.
-    async fn run_probes(&mut self, plan: &PodPlan) {
+    async fn run_probes(&mut self, plan: &PodPlan, programs: &std::path::Path) {
         let now = Timestamp::now();
         let Some(ip) = self.record.ip else { return };
         let mut due = Vec::new();
@@ -543,17 +544,19 @@ impl Worker {
                 let entry = self
                     .probes
                     .entry((spec.name.clone(), kind))
-                    .or_insert_with(|| ProbeState::new(kind, ProbeConfig::from_plan(kind, probe), since));
+                    .or_insert_with(|| ProbeState::new(kind, probe_config(kind, probe), since));
                 if entry.due(now) {
                     due.push((spec.name.clone(), kind, probe.clone()));
                 }
             }
         }
         let netns = self.record.netns.clone();
+        let programs = programs.to_path_buf();
         let results = futures_util::future::join_all(due.into_iter().map(|(name, kind, probe)| {
             let netns = netns.clone();
+            let programs = programs.clone();
             async move {
-                let ok = super::probing::run(&probe, ip, &netns).await;
+                let ok = super::probing::run(&probe, ip, &netns, &programs).await;
                 (name, kind, ok)
             }
         }))
@@ -951,7 +954,7 @@ async fn request_token(
 /// The ConfigMaps and Secrets the pod names anywhere in its spec (env, envFrom, volumes,
 /// projections), read with the node's credentials (the Node authorizer allows exactly these).
 async fn fetch(k: &Kubelet, plan: &PodPlan) -> Fetched {
-    let (config_maps, secrets) = plan::referenced(plan);
+    let (config_maps, secrets) = referenced(plan);
     let mut out = Fetched::default();
     let cms: Api<ConfigMap> = Api::namespaced(k.client.clone(), &plan.namespace);
     for name in config_maps {
@@ -983,4 +986,74 @@ async fn fetch(k: &Kubelet, plan: &PodPlan) -> Fetched {
         }
     }
     out
+}
+
+/// A probe's timing from the plan (which holds the API's defaults already).
+fn probe_config(kind: ProbeKind, p: &plan::Probe) -> ProbeConfig {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    ProbeConfig {
+        initial_delay: secs(p.initial_delay_seconds),
+        period: secs(p.period_seconds.max(1)),
+        timeout: secs(p.timeout_seconds.max(1)),
+        success_threshold: match kind {
+            ProbeKind::Readiness => p.success_threshold.max(1),
+            _ => 1,
+        },
+        failure_threshold: p.failure_threshold.max(1),
+    }
+}
+
+/// The ConfigMaps and Secrets a pod names: env, envFrom, volumes and projections.
+fn referenced(plan: &PodPlan) -> (BTreeSet<String>, BTreeSet<String>) {
+    use plan::{EnvFromSource, EnvSource, Projection, VolumeSource};
+    let mut cms = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    for c in plan.init.iter().chain(&plan.containers) {
+        for e in &c.env {
+            match &e.source {
+                EnvSource::ConfigMapKey { name, .. } => {
+                    cms.insert(name.clone());
+                }
+                EnvSource::SecretKey { name, .. } => {
+                    secrets.insert(name.clone());
+                }
+                _ => {}
+            }
+        }
+        for f in &c.env_from {
+            match &f.source {
+                EnvFromSource::ConfigMap { name, .. } => {
+                    cms.insert(name.clone());
+                }
+                EnvFromSource::Secret { name, .. } => {
+                    secrets.insert(name.clone());
+                }
+            }
+        }
+    }
+    for v in &plan.volumes {
+        match &v.source {
+            VolumeSource::ConfigMap { name, .. } => {
+                cms.insert(name.clone());
+            }
+            VolumeSource::Secret { name, .. } => {
+                secrets.insert(name.clone());
+            }
+            VolumeSource::Projected { sources, .. } => {
+                for p in sources {
+                    match p {
+                        Projection::ConfigMap { name, .. } => {
+                            cms.insert(name.clone());
+                        }
+                        Projection::Secret { name, .. } => {
+                            secrets.insert(name.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (cms, secrets)
 }

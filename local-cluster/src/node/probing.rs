@@ -3,6 +3,7 @@
 //! the probe's timeout. The agent runs in the node's namespace and reaches pods by address.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,18 +11,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::plan::{Probe, ProbeAction};
 
 /// Whether the probe passed.
-pub async fn run(probe: &Probe, ip: Ipv4Addr, netns: &str) -> bool {
+pub async fn run(probe: &Probe, ip: Ipv4Addr, netns: &str, programs: &Path) -> bool {
     let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
     let attempt = async {
         match &probe.action {
             ProbeAction::HttpGet {
                 path,
                 port,
-                scheme_https,
+                https,
                 headers,
                 ..
             } => {
-                if *scheme_https {
+                if *https {
                     // TLS probes are accepted on a completed TCP connection, as the kubelet
                     // does not verify certificates either; the handshake itself is not checked.
                     return tokio::net::TcpStream::connect(SocketAddr::from((ip, *port)))
@@ -30,12 +31,12 @@ pub async fn run(probe: &Probe, ip: Ipv4Addr, netns: &str) -> bool {
                 }
                 http_get(SocketAddr::from((ip, *port)), path, headers).await
             }
-            ProbeAction::TcpSocket { port } => {
+            ProbeAction::TcpSocket { port, .. } => {
                 tokio::net::TcpStream::connect(SocketAddr::from((ip, *port)))
                     .await
                     .is_ok()
             }
-            ProbeAction::Exec { command } => exec(netns, command).await,
+            ProbeAction::Exec { command } => exec(netns, command, programs).await,
         }
     };
     tokio::time::timeout(timeout, attempt)
@@ -69,8 +70,11 @@ async fn http_get(addr: SocketAddr, path: &str, headers: &[(String, String)]) ->
             .is_some_and(|c| (200..400).contains(&c))
 }
 
-async fn exec(netns: &str, command: &[String]) -> bool {
+async fn exec(netns: &str, command: &[String], programs: &Path) -> bool {
     let Some((program, args)) = command.split_first() else {
+        return false;
+    };
+    let Some(program) = super::runtime::locate(programs, program) else {
         return false;
     };
     tokio::process::Command::new("ip")

@@ -1,0 +1,273 @@
+//! The real Kubernetes control plane in tests: whether its binaries are built, kubectl against a
+//! kubeconfig, and `smidge local up --kubernetes` in a state directory of the test's own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use smidge_local_cluster::kube::{cached_bin_dir, missing_binaries, BINARIES};
+
+use crate::binary;
+
+/// The control plane's binaries, or `None` (after saying why) when they are not built. With
+/// `SMIDGE_REQUIRE_KUBE` set (CI), missing binaries are an error instead.
+pub fn binaries() -> anyhow::Result<Option<PathBuf>> {
+    let bin = match std::env::var_os("SMIDGE_KUBE_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => cached_bin_dir()?,
+    };
+    let missing = missing_binaries(&bin, &BINARIES);
+    if missing.is_empty() {
+        return Ok(Some(bin));
+    }
+    if std::env::var_os("SMIDGE_REQUIRE_KUBE").is_some() {
+        bail!(
+            "SMIDGE_REQUIRE_KUBE is set but {} are missing in {}; run kube/build.sh",
+            missing.join(", "),
+            bin.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: the control plane's binaries are not built ({} missing in {}); run kube/build.sh \
+         or set SMIDGE_KUBE_BIN",
+        missing.join(", "),
+        bin.display()
+    );
+    Ok(None)
+}
+
+/// kubectl with one kubeconfig.
+pub struct Kubectl {
+    pub program: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(&self.program)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .with_context(|| format!("running kubectl {args:?}"))
+    }
+
+    /// Stdout of a kubectl command that must succeed.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        use std::io::Write;
+        let mut child = Command::new(&self.program)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.ok(&all)?)?)
+    }
+
+    pub fn items(&self, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+        Ok(self.json(args)?["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Polls `check` every 200 ms until it gives a value, failing with its last error after
+    /// `limit`.
+    pub fn until<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut(&Kubectl) -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::from("never checked");
+        loop {
+            match check(self) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => last = "not yet".into(),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!("{what}: not within {limit:?} ({last})");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `smidge local up --kubernetes` in a state directory of its own; `down` when dropped.
+pub struct KubeLocal {
+    dir: tempfile::TempDir,
+    smidge: PathBuf,
+    pub kubectl: Kubectl,
+    pub up_took: Duration,
+    down: bool,
+}
+
+impl KubeLocal {
+    /// Starts it with extra environment for the daemon and node agent; `None` when the control
+    /// plane is not built (and not required).
+    pub fn up(env: &[(&str, &str)]) -> anyhow::Result<Option<KubeLocal>> {
+        let Some(bin) = binaries()? else {
+            return Ok(None);
+        };
+        let dir = tempfile::tempdir()?;
+        let smidge = binary("smidge-cli", "smidge")?;
+        let started = Instant::now();
+        let out = Command::new(&smidge)
+            .arg("local")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["up", "--kubernetes"])
+            .env("SMIDGE_KUBE_BIN", &bin)
+            .envs(env.iter().copied())
+            .output()
+            .context("running smidge local up --kubernetes")?;
+        let up_took = started.elapsed();
+        let daemon_log =
+            std::fs::read_to_string(dir.path().join("state/daemon.log")).unwrap_or_default();
+        if !out.status.success() {
+            bail!(
+                "smidge local up --kubernetes failed: {}{}\ndaemon log:\n{daemon_log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let kubeconfig = PathBuf::from(
+            String::from_utf8(
+                Command::new(&smidge)
+                    .arg("local")
+                    .arg("--state-dir")
+                    .arg(dir.path().join("state"))
+                    .arg("kubeconfig")
+                    .output()?
+                    .stdout,
+            )?
+            .trim(),
+        );
+        Ok(Some(KubeLocal {
+            kubectl: Kubectl {
+                program: bin.join("kubectl"),
+                kubeconfig,
+            },
+            dir,
+            smidge,
+            up_took,
+            down: false,
+        }))
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `smidge local <args>` against this cluster.
+    pub fn local(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.smidge)
+            .arg("local")
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "smidge local {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The node agent's log and the daemon's, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |p: &str| std::fs::read_to_string(self.state().join(p)).unwrap_or_default();
+        format!(
+            "--- daemon.log\n{}\n--- node/agent.log\n{}",
+            read("daemon.log"),
+            read("node/agent.log")
+        )
+    }
+
+    /// `smidge local down`.
+    pub fn down(&mut self) -> anyhow::Result<String> {
+        self.down = true;
+        self.local(&["down"])
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> anyhow::Result<u32> {
+        Ok(std::fs::read_to_string(self.state().join("daemon.pid"))?
+            .trim()
+            .parse()?)
+    }
+
+    /// A file of a pod's container in the node agent's state (pid, logs).
+    pub fn container_file(&self, pod_uid: &str, container: &str, file: &str) -> PathBuf {
+        self.state()
+            .join("node/pods")
+            .join(pod_uid)
+            .join("containers")
+            .join(container)
+            .join(file)
+    }
+}
+
+impl Drop for KubeLocal {
+    fn drop(&mut self) {
+        if !self.down {
+            let _ = self.local(&["down"]);
+        }
+    }
+}
+
+/// The processes whose command line names `dir`.
+pub fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
