@@ -908,4 +908,4 @@ fn go_quote(s: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
