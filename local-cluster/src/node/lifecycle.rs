@@ -146,7 +146,8 @@ pub enum Action {
     Restart { name: String, backoff: Backoff },
     /// Kill the running container after a failed probe; `reason` (`LivenessProbe`,
     /// `StartupProbe`) and `message` as the kubelet's Killing event gives them. Whether it then
-    /// restarts follows from its exit, as for any exit.
+    /// restarts follows from its exit, as for any exit. Repeated on every call until the
+    /// container has exited: the caller ignores a kill already under way.
     Kill {
         name: String,
         reason: &'static str,

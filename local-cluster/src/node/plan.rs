@@ -67,7 +67,7 @@ pub struct PodPlan {
     pub service_account: String,
     /// `spec.nodeName`: empty until the pod is bound.
     pub node_name: Option<String>,
-    /// `spec.hostname`, else the pod's name.
+    /// `spec.hostname`, else the pod's name cut to 63 characters (as the kubelet does).
     pub hostname: String,
     /// `spec.hostNetwork`: the pod runs in the node's network namespace.
     pub host_network: bool,
@@ -511,7 +511,7 @@ pub fn plan(pod: &core::Pod) -> Result<PodPlan, PlanError> {
     Ok(PodPlan {
         uid,
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        hostname: spec.hostname.clone().unwrap_or_else(|| name.clone()),
+        hostname: hostname(spec.hostname.as_deref(), &name),
         name,
         labels: meta.labels.clone().unwrap_or_default(),
         annotations: meta.annotations.clone().unwrap_or_default(),
@@ -533,6 +533,16 @@ pub fn plan(pod: &core::Pod) -> Result<PodPlan, PlanError> {
         containers,
         volumes,
     })
+}
+
+/// The kubelet's pod hostname: `spec.hostname`, else the name cut to a DNS label's 63
+/// characters without a trailing `-` or `.`.
+fn hostname(hostname: Option<&str>, name: &str) -> String {
+    if let Some(h) = hostname.filter(|h| !h.is_empty()) {
+        return h.to_owned();
+    }
+    let cut = name.get(..63).unwrap_or(name);
+    cut.trim_end_matches(['-', '.']).to_owned()
 }
 
 /// What a container executes: `command` + `args` when a command is given (its argv[0] must
@@ -898,4 +908,4 @@ fn go_quote(s: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

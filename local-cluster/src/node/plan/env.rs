@@ -124,12 +124,13 @@ impl Vars {
     }
 }
 
-fn configmap_not_found(name: &str) -> String {
-    format!("configmaps {name:?} not found")
+/// The kubelet's error for a missing ConfigMap (its watch-based manager's NotFound).
+pub(super) fn configmap_not_found(name: &str) -> String {
+    format!("configmap {name:?} not found")
 }
 
-fn secret_not_found(name: &str) -> String {
-    format!("secrets {name:?} not found")
+pub(super) fn secret_not_found(name: &str) -> String {
+    format!("secret {name:?} not found")
 }
 
 /// The container's environment: every `envFrom` source (keys prefixed; invalid names

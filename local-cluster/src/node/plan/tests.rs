@@ -233,6 +233,22 @@ spec:
     assert_eq!(p.node_name, None);
     assert_eq!(p.restart_policy, RestartPolicy::Never);
     assert_eq!(p.grace_period_seconds, 5);
+
+    let long = format!("{}-x", "a".repeat(62));
+    let p = plan(&pod(&format!(
+        "metadata: {{name: {long}, uid: u}}\nspec: {{containers: [{{name: a, image: busybox}}]}}"
+    )))
+    .unwrap();
+    assert_eq!(
+        p.hostname,
+        "a".repeat(62),
+        "cut to 63, trailing '-' trimmed"
+    );
+    let p = plan(&pod(
+        "metadata: {name: x, uid: u}\nspec: {hostname: h, containers: [{name: a, image: busybox}]}",
+    ))
+    .unwrap();
+    assert_eq!(p.hostname, "h");
 }
 
 #[test]
@@ -712,15 +728,15 @@ fn missing_required_refs_are_errors_worded_as_the_kubelets() {
     for (entry, want) in [
         (
             "envFrom: [{configMapRef: {name: absent}}]",
-            "configmaps \"absent\" not found",
+            "configmap \"absent\" not found",
         ),
         (
             "envFrom: [{secretRef: {name: absent}}]",
-            "secrets \"absent\" not found",
+            "secret \"absent\" not found",
         ),
         (
             "env: [{name: X, valueFrom: {configMapKeyRef: {name: absent, key: k}}}]",
-            "configmaps \"absent\" not found",
+            "configmap \"absent\" not found",
         ),
         (
             "env: [{name: X, valueFrom: {configMapKeyRef: {name: settings, key: k}}}]",
@@ -728,7 +744,7 @@ fn missing_required_refs_are_errors_worded_as_the_kubelets() {
         ),
         (
             "env: [{name: X, valueFrom: {secretKeyRef: {name: absent, key: k}}}]",
-            "secrets \"absent\" not found",
+            "secret \"absent\" not found",
         ),
         (
             "env: [{name: X, valueFrom: {secretKeyRef: {name: creds, key: k}}}]",
@@ -839,7 +855,7 @@ fn the_kube_api_access_volume() {
     );
     // Before the root CA publisher has run, the volume cannot be made yet.
     let e = volume_files(&p, v, &facts(), &Objects::default(), &token_for).unwrap_err();
-    assert_eq!(e, "configmaps \"kube-root-ca.crt\" not found");
+    assert_eq!(e, "configmap \"kube-root-ca.crt\" not found");
     // Nor before the token is issued.
     let e = volume_files(&p, v, &facts(), &objects, &|_, _| None).unwrap_err();
     assert!(e.contains("3607"), "{e}");
@@ -1011,8 +1027,8 @@ fn missing_volume_objects_and_keys_are_errors() {
         .cm("settings", &[("MODE", "fast")])
         .secret("creds", &[("token", b"t")]);
     let e = |i: usize| volume_files(&p, &p.volumes[i], &facts(), &objects, &token_for).unwrap_err();
-    assert_eq!(e(0), "configmaps \"absent\" not found");
-    assert_eq!(e(1), "secrets \"absent\" not found");
+    assert_eq!(e(0), "configmap \"absent\" not found");
+    assert_eq!(e(1), "secret \"absent\" not found");
     assert_eq!(e(2), "configmap references non-existent config key: nope");
     assert_eq!(e(3), "references non-existent secret key: nope");
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1 as core;
 use serde_json::Value;
 
+use super::env::{configmap_not_found, secret_not_found};
 use super::{
     check_relative, err, field_value, ConfigMapData, DownwardItem, Facts, FieldPath, FieldUse,
     KeyToPath, Lookup, PlanError, PodPlan, Projection, VolumePlan, VolumeSource, DEFAULT_MODE,
@@ -296,12 +297,12 @@ pub fn volume_files(
     let config_map = |name: &str, optional: bool| match lookup.config_map(ns, name) {
         Some(cm) => Ok(config_map_bytes(cm)),
         None if optional => Ok(BTreeMap::new()),
-        None => Err(format!("configmaps {name:?} not found")),
+        None => Err(configmap_not_found(name)),
     };
     let secret = |name: &str, optional: bool| match lookup.secret(ns, name) {
         Some(s) => Ok(s),
         None if optional => Ok(BTreeMap::new()),
-        None => Err(format!("secrets {name:?} not found")),
+        None => Err(secret_not_found(name)),
     };
     const CM_KEY: &str = "configmap references non-existent config key";
     const SECRET_KEY: &str = "references non-existent secret key";
