@@ -182,15 +182,17 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// SIGKILLs every process in network namespace `netns`; returns how many.
+/// SIGKILLs every process in network namespace `netns` except the caller; returns how many.
 pub fn kill_in_netns(netns: &str) -> usize {
+    let me = std::process::id() as i32;
     let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() else {
         return 0;
     };
     let mut n = 0;
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
         if let Ok(pid) = pid.parse::<i32>() {
-            if nix::sys::signal::kill(
+            if pid != me
+                && nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             )

@@ -7,47 +7,43 @@ use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-/// A program the local cluster runs for a container image.
+/// A program the local cluster runs for a container image: one of the workspace's programs in
+/// the image table both control planes share ([`crate::node::images`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Program {
-    /// `smidge-echo`: HTTP (`PORT`, 8080) answering with its name, and TCP echo (`ECHO_PORT`,
-    /// 7000).
-    Echo,
-    /// The SMI conformance sample app (`smidge-sample-app`, REFERENCE.md §8.2).
-    SampleApp,
-}
+pub struct Program(&'static str);
 
 impl Program {
+    /// `smidge-echo`: HTTP (`PORT`, 8080) answering with its name, and TCP echo (`ECHO_PORT`,
+    /// 7000).
+    pub const ECHO: Program = Program("smidge-echo");
+    /// The SMI conformance sample app (`smidge-sample-app`, REFERENCE.md §8.2).
+    pub const SAMPLE_APP: Program = Program("smidge-sample-app");
+
     /// The executable's file name, looked up beside the `smidge` binary.
     pub fn executable(self) -> &'static str {
-        match self {
-            Program::Echo => "smidge-echo",
-            Program::SampleApp => "smidge-sample-app",
-        }
+        self.0
     }
 }
 
-/// Container images (without tag or digest) and the programs that stand in for them.
-pub const IMAGES: [(&str, Program); 4] = [
-    ("smidge/echo", Program::Echo),
-    ("ghcr.io/smidge-mesh/echo", Program::Echo),
-    ("layer5/learn-layer5", Program::SampleApp),
-    ("ghcr.io/smidge-mesh/sample-app", Program::SampleApp),
-];
-
-/// The program for `image` (any tag or digest), if the table has one.
+/// The program for `image` (any tag or digest), if the image table has one built by the
+/// workspace (the embedded cluster runs only those; host-tool images need the Kubernetes node).
 pub fn program_for(image: &str) -> Option<Program> {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    // A tag follows the last ':' unless that ':' belongs to a registry's port.
-    let repo = match without_digest.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => without_digest,
-    };
-    let repo = repo.strip_prefix("docker.io/").unwrap_or(repo);
-    IMAGES
+    use crate::node::images;
+    images::lookup(image)
+        .filter(|i| i.location == images::Location::Workspace)
+        .and_then(|i| i.entrypoint.first())
+        .map(|e| Program(e))
+}
+
+/// The images [`program_for`] knows, for messages.
+fn image_names() -> String {
+    use crate::node::images;
+    images::TABLE
         .iter()
-        .find(|(name, _)| *name == repo)
-        .map(|(_, p)| *p)
+        .filter(|(_, i)| i.location == images::Location::Workspace)
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A container port.
@@ -156,7 +152,7 @@ impl Deployment {
                     format!("{field}.image"),
                     format!(
                         "{image:?} has no local program (the local cluster runs {})",
-                        IMAGES.map(|(n, _)| n).join(", ")
+                        image_names()
                     ),
                 )
             })?;
@@ -330,7 +326,7 @@ spec:
         assert_eq!(d.replicas, 2);
         assert_eq!(d.template.service_account, "web");
         let c = &d.template.containers[0];
-        assert_eq!(c.program, Program::Echo);
+        assert_eq!(c.program, Program::ECHO);
         assert_eq!(c.env, [("SERVICE_NAME".to_string(), "web-v1".to_string())]);
         assert_eq!(
             c.ports,
@@ -375,14 +371,14 @@ spec:
     fn images_match_with_any_tag_digest_or_registry_port() {
         assert_eq!(
             program_for("layer5/learn-layer5:latest"),
-            Some(Program::SampleApp)
+            Some(Program::SAMPLE_APP)
         );
         assert_eq!(
             program_for("docker.io/layer5/learn-layer5:smi"),
-            Some(Program::SampleApp)
+            Some(Program::SAMPLE_APP)
         );
-        assert_eq!(program_for("smidge/echo@sha256:abc"), Some(Program::Echo));
-        assert_eq!(program_for("smidge/echo"), Some(Program::Echo));
+        assert_eq!(program_for("smidge/echo@sha256:abc"), Some(Program::ECHO));
+        assert_eq!(program_for("smidge/echo"), Some(Program::ECHO));
         assert_eq!(program_for("localhost:5000/smidge/echo"), None);
         assert_eq!(program_for("nginx"), None);
     }

@@ -115,7 +115,7 @@ impl Kubectl {
         mut check: impl FnMut(&Kubectl) -> anyhow::Result<Option<T>>,
     ) -> anyhow::Result<T> {
         let deadline = Instant::now() + limit;
-        let mut last = String::from("never checked");
+        let mut last;
         loop {
             match check(self) {
                 Ok(Some(v)) => return Ok(v),

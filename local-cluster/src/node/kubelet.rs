@@ -34,11 +34,20 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// The `kubernetes` Service's address, which in-cluster clients find in their environment.
 const KUBERNETES_SERVICE: (&str, &str) = ("10.96.0.1", "443");
 
+/// A pod's sandbox, as kube-proxy's hosts files need it.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    pub namespace: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub hostname: String,
+}
+
 /// What other tasks read of the pods: their sandboxes (hosts files) and logs.
 #[derive(Default)]
 struct Snapshot {
-    /// (namespace, network namespace) of each pod with a sandbox.
-    sandboxes: Vec<(String, String)>,
+    /// (namespace, network namespace, ip, name) of each pod with a sandbox.
+    sandboxes: Vec<Sandbox>,
     /// (namespace, name) → (uid, container → attempts).
     logs: BTreeMap<(String, String), (String, BTreeMap<String, u32>)>,
 }
@@ -47,6 +56,8 @@ pub struct Kubelet {
     config: AgentConfig,
     client: kube::Client,
     snapshot: Mutex<Snapshot>,
+    /// The Services kube-proxy last saw, for the hosts file of a new sandbox.
+    services: Mutex<Vec<k8s_openapi::api::core::v1::Service>>,
 }
 
 impl Kubelet {
@@ -55,15 +66,33 @@ impl Kubelet {
             config,
             client,
             snapshot: Mutex::new(Snapshot::default()),
+            services: Mutex::new(Vec::new()),
         })
     }
 
-    /// (namespace, network namespace) of every pod sandbox.
-    pub fn sandboxes(&self) -> Vec<(String, String)> {
+    /// Every pod sandbox.
+    pub fn sandboxes(&self) -> Vec<Sandbox> {
         self.snapshot
             .lock()
             .map(|s| s.sandboxes.clone())
             .unwrap_or_default()
+    }
+
+    /// Notes the Services kube-proxy sees (for new sandboxes' hosts files).
+    pub fn set_services(&self, services: Vec<k8s_openapi::api::core::v1::Service>) {
+        if let Ok(mut s) = self.services.lock() {
+            *s = services;
+        }
+    }
+
+    /// The `/etc/hosts` of a pod in `namespace`: every Service's names, and the pod's own.
+    pub fn hosts(&self, namespace: &str, own: Option<(Ipv4Addr, &str)>) -> String {
+        let services = self.services.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut text = super::services::hosts(&services, namespace);
+        if let Some((ip, hostname)) = own {
+            text.push_str(&format!("{ip} {hostname}\n"));
+        }
+        text
     }
 
     fn shim_program(&self) -> PathBuf {
@@ -142,9 +171,13 @@ impl Kubelet {
     fn publish(&self, workers: &BTreeMap<String, Worker>) {
         let mut snap = Snapshot::default();
         for w in workers.values() {
-            if w.record.ip.is_some() {
-                snap.sandboxes
-                    .push((w.record.namespace.clone(), w.record.netns.clone()));
+            if let Some(ip) = w.record.ip {
+                snap.sandboxes.push(Sandbox {
+                    namespace: w.record.namespace.clone(),
+                    netns: w.record.netns.clone(),
+                    ip,
+                    hostname: w.record.name.clone(),
+                });
             }
             snap.logs.insert(
                 (w.record.namespace.clone(), w.record.name.clone()),
@@ -389,6 +422,8 @@ impl Worker {
             }
             self.record.ip = Some(ip);
             self.record.started_at = runtime::now();
+            let hosts = k.hosts(&self.record.namespace, Some((ip, &self.record.name)));
+            crate::netns::write_hosts(&self.record.netns, &hosts)?;
             self.save();
             tracing::info!(pod = %format!("{}/{}", self.record.namespace, self.record.name), %ip, "sandbox made");
         }
@@ -595,12 +630,8 @@ impl Worker {
             .iter()
             .map(|s| self.states.get(&s.name).cloned().unwrap_or(ContainerState::NEW))
             .collect();
-        let policy = match plan.restart_policy {
-            plan::RestartPolicy::Always => lifecycle::RestartPolicy::Always,
-            plan::RestartPolicy::OnFailure => lifecycle::RestartPolicy::OnFailure,
-            plan::RestartPolicy::Never => lifecycle::RestartPolicy::Never,
-        };
-        let actions = lifecycle::next(&list, policy, &states, Timestamp::now());
+        let policy = lifecycle_policy(plan.restart_policy);
+        let actions = lifecycle::next(&list, policy, &states, false, Timestamp::now());
         for action in actions {
             match action {
                 Action::Start { name } => self.start(k, plan, &specs, &name, None),
@@ -793,8 +824,72 @@ impl Worker {
         })
     }
 
+    /// The status of the pod as it runs now.
+    fn pod_status(
+        &self,
+        k: &Kubelet,
+        pod: &Pod,
+        plan: &PodPlan,
+    ) -> k8s_openapi::api::core::v1::PodStatus {
+        let gates: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|g| g.condition_type.clone())
+            .collect();
+        let facts = super::status::PodFacts {
+            namespace: &plan.namespace,
+            name: &plan.name,
+            uid: &plan.uid,
+            generation: pod.metadata.generation,
+            pod_ip: self.record.ip.map(std::net::IpAddr::V4),
+            host_ip: std::net::IpAddr::V4(k.config.node_ip),
+            start_time: ts(self.record.started_at),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            readiness_gates: &gates,
+            previous: pod.status.as_ref(),
+        };
+        let short: String = plan.uid.chars().filter(|c| *c != '-').take(12).collect();
+        let reports: Vec<super::status::ContainerReport> = Self::specs(plan)
+            .into_iter()
+            .map(|(spec, c)| {
+                let rec = self.record.containers.get(&spec.name);
+                let attempts = rec.map_or(0, |r| r.attempts);
+                super::status::ContainerReport {
+                    name: spec.name.clone(),
+                    image: c.image.clone(),
+                    kind: spec.kind,
+                    container_id: (attempts > 0)
+                        .then(|| format!("{short}-{}-{}", spec.name, attempts - 1)),
+                    state: self
+                        .states
+                        .get(&spec.name)
+                        .cloned()
+                        .unwrap_or(ContainerState::NEW),
+                    ready: if c.readiness_probe.is_some() {
+                        self.ready.get(&spec.name).copied().unwrap_or(false)
+                    } else {
+                        self.states.get(&spec.name).is_some_and(|s| s.started)
+                    },
+                    last_termination: rec.and_then(|r| r.last_exit.as_ref()).map(|(e, started)| {
+                        lifecycle::Exit {
+                            code: e.code,
+                            signal: e.signal,
+                            started: ts(*started),
+                            finished: ts(e.finished_at),
+                        }
+                    }),
+                }
+            })
+            .collect();
+        let policy = lifecycle_policy(plan.restart_policy);
+        super::status::pod_status(&facts, policy, &reports, Timestamp::now())
+    }
+
     async fn write_status(&mut self, k: &Kubelet, pod: &Pod, plan: &PodPlan) {
-        let status = super::report::pod_status(self, k, pod, plan);
+        let status = self.pod_status(k, pod, plan);
         let value = match serde_json::to_value(&status) {
             Ok(v) => v,
             Err(_) => return,
@@ -932,7 +1027,7 @@ async fn request_token(
             "token",
             &plan.service_account,
             &PostParams::default(),
-            serde_json::to_vec(&request)?,
+            &request,
         )
         .await
         .with_context(|| {
@@ -942,10 +1037,13 @@ async fn request_token(
             )
         })?;
     let status = answer.status.context("the TokenRequest has no status")?;
-    let expires = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(status.expiration_timestamp.0.as_second().max(0) as u64);
+    let token = status.token.context("the TokenRequest's answer holds no token")?;
+    let expires = match status.expiration_timestamp {
+        Some(t) => SystemTime::UNIX_EPOCH + Duration::from_secs(t.0.as_second().max(0) as u64),
+        None => issued + Duration::from_secs(expiration_seconds.max(0) as u64),
+    };
     Ok(Token {
-        value: status.token,
+        value: token,
         issued,
         expires,
     })
@@ -1056,4 +1154,12 @@ fn referenced(plan: &PodPlan) -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     (cms, secrets)
+}
+
+fn lifecycle_policy(p: plan::RestartPolicy) -> lifecycle::RestartPolicy {
+    match p {
+        plan::RestartPolicy::Always => lifecycle::RestartPolicy::Always,
+        plan::RestartPolicy::OnFailure => lifecycle::RestartPolicy::OnFailure,
+        plan::RestartPolicy::Never => lifecycle::RestartPolicy::Never,
+    }
 }

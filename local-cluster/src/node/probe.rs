@@ -23,7 +23,7 @@ pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 
 /// Which probe of a container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProbeKind {
     Startup,
     Readiness,

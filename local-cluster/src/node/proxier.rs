@@ -63,8 +63,10 @@ pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "writing the Service rules"),
             }
         }
-        for (namespace, netns) in kubelet.sandboxes() {
-            let text = super::services::hosts(&svcs, &namespace);
+        kubelet.set_services(svcs);
+        for sb in kubelet.sandboxes() {
+            let (netns, namespace) = (sb.netns, sb.namespace);
+            let text = kubelet.hosts(&namespace, Some((sb.ip, &sb.hostname)));
             let path = crate::netns::hosts_path(&netns);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 if let Err(e) = crate::netns::write_hosts(&netns, &text) {
