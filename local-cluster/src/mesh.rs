@@ -506,26 +506,52 @@ pub(crate) fn allow_unprivileged_ports(pod: &Pod) -> anyhow::Result<()> {
 
 /// Makes the node route ClusterIP traffic of un-meshed clients to the Services' endpoints.
 pub(crate) fn apply_services(node_netns: &str, manifests: &str) -> anyhow::Result<()> {
+    apply_frontends(Some(node_netns), &crate::services::frontends(manifests))
+}
+
+/// A command run in `netns`, or in the caller's own namespace for `None`.
+fn in_node(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, program]);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// kube-proxy's rules for `frontends` in the node namespace `node_netns` (`None`: the caller's
+/// own namespace): forwarding on, [`crate::services::rules`] applied (replacing what an earlier
+/// call wrote) and entered from the built-in chains ([`crate::services::HOOKS`], once each).
+/// The one rule writer of both control planes.
+pub fn apply_frontends(
+    node_netns: Option<&str>,
+    frontends: &[crate::services::Frontend],
+) -> anyhow::Result<()> {
     use std::io::Write;
-    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
-        Ok(Command::new("ip")
-            .args(["netns", "exec", node_netns])
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<std::process::Output> {
+        in_node(node_netns, program)
             .args(args)
-            .output()?)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {program}"))
     };
-    let out = run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+    let out = run("sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
     if !out.status.success() {
         bail!(
             "enabling forwarding in the node: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = crate::services::rules(&crate::services::frontends(manifests));
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node_netns, "iptables-restore", "--noflush"])
+    let text = crate::services::rules(frontends);
+    let mut child = in_node(node_netns, "iptables-restore")
+        .arg("--noflush")
         .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()?;
+        .spawn()
+        .context("running iptables-restore")?;
     child
         .stdin
         .take()
@@ -538,19 +564,72 @@ pub(crate) fn apply_services(node_netns: &str, manifests: &str) -> anyhow::Resul
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    for (builtin, ours) in [
-        ("PREROUTING", crate::services::SERVICES_CHAIN),
-        ("POSTROUTING", crate::services::POSTROUTING_CHAIN),
-    ] {
-        if !run(&["iptables", "-t", "nat", "-C", builtin, "-j", ours])?
-            .status
-            .success()
-        {
-            let out = run(&["iptables", "-t", "nat", "-A", builtin, "-j", ours])?;
+    for &(table, builtin, ours, matches) in crate::services::HOOKS {
+        let rule: Vec<&str> = [builtin]
+            .into_iter()
+            .chain(matches.iter().copied())
+            .chain(["-j", ours])
+            .collect();
+        let check: Vec<&str> = ["-t", table, "-C"]
+            .into_iter()
+            .chain(rule.iter().copied())
+            .collect();
+        if !run("iptables", &check)?.status.success() {
+            let add: Vec<&str> = ["-t", table, "-A"]
+                .into_iter()
+                .chain(rule.iter().copied())
+                .collect();
+            let out = run("iptables", &add)?;
             if !out.status.success() {
-                bail!("jump to {ours}: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "jump from {table} {builtin} to {ours}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
+    }
+    Ok(())
+}
+
+/// Routes `cidr` (the Service CIDR) out of `device` in the node namespace `node_netns` (`None`:
+/// the caller's own), so that the node's own processes can connect to ClusterIPs at all: a
+/// connection needs a route before the nat OUTPUT chain rewrites its destination. Not needed
+/// where a default route covers the CIDR. Also stops the node sending ICMP redirects: with
+/// ClusterIPs routed back out of the bridge the pods came in on, the node would otherwise tell
+/// pods to reach a ClusterIP directly, and the redirects use up the ICMP budget that the
+/// rejection of a port without endpoints needs. Idempotent.
+pub fn route_service_cidr(
+    node_netns: Option<&str>,
+    cidr: &str,
+    device: &str,
+) -> anyhow::Result<()> {
+    let script = format!(
+        "for d in all default {device}; do echo 0 > /proc/sys/net/ipv4/conf/$d/send_redirects || exit 1; done"
+    );
+    if device.contains(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '.') {
+        bail!("{device:?} is not a network device name");
+    }
+    let out = in_node(node_netns, "sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .context("running sh")?;
+    if !out.status.success() {
+        bail!(
+            "turning ICMP redirects off in the node: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let out = in_node(node_netns, "ip")
+        .args(["route", "replace", cidr, "dev", device])
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip route")?;
+    if !out.status.success() {
+        bail!(
+            "routing the Service CIDR {cidr} out of {device}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

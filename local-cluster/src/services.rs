@@ -74,21 +74,31 @@ pub fn frontends(manifests: &str) -> Vec<Frontend> {
     out
 }
 
-/// An `/etc/hosts` for a pod in namespace `pod_namespace`: every Service with a ClusterIP as
-/// `<svc>.<ns>.svc.cluster.local`, `<svc>.<ns>.svc` and `<svc>.<ns>`, plus the bare `<svc>` for
-/// its own namespace; the full name also with a trailing dot, which the hosts file does not strip.
-/// Pure.
+/// An `/etc/hosts` for a pod in namespace `pod_namespace`: every Service with a ClusterIP in
+/// `manifests`, as [`hosts_file`] writes them. Pure.
 pub fn hosts(manifests: &str, pod_namespace: &str) -> String {
-    let mut out = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    let mut services = Vec::new();
     for (_, outcome) in read_file(manifests) {
         let Outcome::Object { object, .. } = outcome else {
             continue;
         };
-        let Body::Service(svc) = &object.body else {
+        let Body::Service(svc) = object.body else {
             continue;
         };
-        let (ns, name) = (&object.id.key.namespace, &object.id.key.name);
-        for ip in &svc.cluster_ips {
+        services.push((object.id.key.namespace, object.id.key.name, svc.cluster_ips));
+    }
+    hosts_file(&services, pod_namespace)
+}
+
+/// An `/etc/hosts` for a pod in namespace `pod_namespace` from `(namespace, name, ClusterIPs)`
+/// of Services, in the order given: each ClusterIP as `<svc>.<ns>.svc.cluster.local`,
+/// `<svc>.<ns>.svc` and `<svc>.<ns>`, plus the bare `<svc>` for its own namespace; the full name
+/// also with a trailing dot, which the hosts file does not strip. The one formatter of both
+/// control planes. Pure.
+pub fn hosts_file(services: &[(String, String, Vec<IpAddr>)], pod_namespace: &str) -> String {
+    let mut out = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (ns, name, ips) in services {
+        for ip in ips {
             out.push_str(&format!(
                 "{ip} {name}.{ns}.svc.cluster.local {name}.{ns}.svc.cluster.local. {name}.{ns}.svc {name}.{ns}"
             ));
@@ -101,13 +111,19 @@ pub fn hosts(manifests: &str, pod_namespace: &str) -> String {
     out
 }
 
-/// The node's nat rules for `frontends`, for `iptables-restore --noflush` (IPv4 only). Each
-/// endpoint of an n-endpoint port is picked with probability 1/n, as kube-proxy does. A port
-/// without endpoints gets no rule: the node has no route to ClusterIPs, so a connection fails
-/// at once (unreachable) instead of hanging.
+/// The chain rejecting connections to a Service port that has no ready endpoint (filter table).
+pub const REJECT_CHAIN: &str = "SMIDGE-SVC-REJECT";
+
+/// The node's rules for `frontends`, for `iptables-restore --noflush` (IPv4 only): nat DNAT
+/// rules and a filter table rejecting ports without endpoints. Each endpoint of an n-endpoint
+/// port is picked with probability 1/n, as kube-proxy does. A port without endpoints is
+/// rejected at once (ICMP port unreachable, as kube-proxy does) instead of being sent on to an
+/// address nobody holds. Declaring a chain (`:CHAIN - [0:0]`) empties it under `--noflush`, so
+/// applying again replaces every rule of our chains and leaves other chains alone.
 pub fn rules(frontends: &[Frontend]) -> String {
+    let v4 = || frontends.iter().filter(|f| f.cluster_ip.is_ipv4());
     let mut out = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n:{POSTROUTING_CHAIN} - [0:0]\n");
-    for f in frontends.iter().filter(|f| f.cluster_ip.is_ipv4()) {
+    for f in v4() {
         let n = f.endpoints.len();
         for (i, (ip, port)) in f.endpoints.iter().enumerate() {
             let left = n - i;
@@ -128,8 +144,30 @@ pub fn rules(frontends: &[Frontend]) -> String {
     out.push_str(&format!(
         "-A {POSTROUTING_CHAIN} -m conntrack --ctstate DNAT -j MASQUERADE\nCOMMIT\n"
     ));
+    out.push_str(&format!("*filter\n:{REJECT_CHAIN} - [0:0]\n"));
+    for f in v4().filter(|f| f.endpoints.is_empty()) {
+        out.push_str(&format!(
+            "-A {REJECT_CHAIN} -d {}/32 -p tcp --dport {} -j REJECT --reject-with icmp-port-unreachable\n",
+            f.cluster_ip, f.port
+        ));
+    }
+    out.push_str("COMMIT\n");
     out
 }
+
+/// Where [`rules`]' chains are entered from: (table, built-in chain, our chain, match). The nat
+/// OUTPUT hook serves the node's own processes (the API server, the node agent); PREROUTING the
+/// pods'.
+pub const HOOKS: &[(&str, &str, &str, &[&str])] = &[
+    ("nat", "PREROUTING", SERVICES_CHAIN, &[]),
+    ("nat", "OUTPUT", SERVICES_CHAIN, &[]),
+    ("nat", "POSTROUTING", POSTROUTING_CHAIN, &[]),
+    ("filter", "FORWARD", REJECT_CHAIN, NEW_ONLY),
+    ("filter", "OUTPUT", REJECT_CHAIN, NEW_ONLY),
+];
+
+/// Matches a connection's first packet.
+const NEW_ONLY: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
 
 #[cfg(test)]
 mod tests {
