@@ -154,6 +154,36 @@ spec:
         assert!(answered.contains(name.as_str()), "{name} never answered: {log}");
     }
 
+    // The API server reaches the Service's pods too (what admission and conversion webhooks
+    // need): its service proxy dials the endpoints from the node's namespace.
+    let through_api = k.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/demo/services/echo:http/proxy/from-the-api-server",
+    ])?;
+    assert!(
+        pods.iter().any(|(n, _)| through_api.starts_with(n.as_str())),
+        "{through_api}"
+    );
+
+    // An image the node has no program for leaves that pod waiting, with the reason.
+    k.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: unknown-image, namespace: demo}\nspec:\n  containers:\n  - {name: app, image: example.com/no/such-image:1}\n",
+    )?;
+    let waiting = k.until(SETTLE, "the unknown image's waiting reason", |k| {
+        let p = k.json(&["get", "pod", "unknown-image", "-n", "demo"])?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        Ok((w["reason"] == "ErrImagePull").then_some(w))
+    })?;
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("example.com/no/such-image")),
+        "{waiting}"
+    );
+    assert_eq!(running(k, "echo")?.len(), 2, "the other pods are not affected");
+    k.ok(&["delete", "pod", "-n", "demo", "unknown-image", "--wait=false"])?;
+
     // A deleted pod is replaced by its ReplicaSet.
     let (victim, _) = &pods[0];
     k.ok(&["delete", "pod", "-n", "demo", victim, "--wait=false"])?;
@@ -170,14 +200,11 @@ spec:
         Ok(left.is_empty().then_some(()))
     })?;
     eprintln!("scale to 0 took {:?}", started.elapsed());
-    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let pod_dirs = std::fs::read_dir(c.state().join("node/pods"))?.count();
-    // The caller pod (Succeeded) keeps its sandbox until it is deleted, as a kubelet's does.
-    assert_eq!(pod_dirs, 1, "only the finished caller pod remains on the node");
-    let _ = namespaces;
+    k.until(SETTLE, "only the finished caller pod left on the node", |_| {
+        // The caller (Succeeded) keeps its sandbox until it is deleted, as with a kubelet.
+        let pod_dirs = std::fs::read_dir(c.state().join("node/pods"))?.count();
+        Ok((pod_dirs == 1).then_some(()))
+    })?;
     Ok(())
 }
 
@@ -214,6 +241,12 @@ fn nothing_left(state: &std::path::Path, daemon_pid: u32) -> anyhow::Result<()> 
     let needle = state.display().to_string();
     let under: Vec<&str> = mounts.lines().filter(|l| l.contains(&needle)).collect();
     assert!(under.is_empty(), "mounts left: {under:?}");
+    let rules = std::process::Command::new("iptables-save").output()?;
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        !rules.contains("SMIDGE-SERVICES"),
+        "Service rules left in the host's namespace"
+    );
     let etc: Vec<String> = std::fs::read_dir("/etc/netns")
         .map(|d| {
             d.flatten()
@@ -462,5 +495,64 @@ fn restart_scenario(c: &KubeLocal) -> anyhow::Result<()> {
     let after = snapshot(k)?;
     assert_eq!(before, after, "pods were recreated, moved or restarted");
     assert_eq!(pids_before, pids(&after), "containers were restarted");
+    Ok(())
+}
+
+/// Not a check but a measurement for the README: `kubectl apply` of a 20-replica Deployment →
+/// every pod Running, per pod (p50/p99). `cargo nextest run -p smidge-e2e --test kube_node
+/// --run-ignored only`.
+#[test]
+#[ignore]
+fn measure_apply_to_running_over_twenty_pods() -> anyhow::Result<()> {
+    let Some(c) = KubeLocal::up(&[])? else {
+        return Ok(());
+    };
+    eprintln!("up --kubernetes to a Ready node: {:?}", c.up_took);
+    let k = &c.kubectl;
+    k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n")?;
+    k.until(SETTLE, "the default ServiceAccount", |k| {
+        Ok(k.run(&["get", "sa", "default", "-n", "demo"])?.status.success().then_some(()))
+    })?;
+    let started = Instant::now();
+    k.apply(&echo_app(20).replacen("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\n", "", 1))?;
+    let mut first_running: std::collections::BTreeMap<String, Duration> = Default::default();
+    k.until(Duration::from_secs(120), "20 pods Running", |k| {
+        for (name, _) in running(k, "echo")? {
+            first_running.entry(name).or_insert_with(|| started.elapsed());
+        }
+        Ok((first_running.len() >= 20).then_some(()))
+    })?;
+    let mut times: Vec<Duration> = first_running.values().copied().collect();
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+    eprintln!(
+        "apply -> Running over {} pods: p50 {:?}, p99 {:?} (polled every 200 ms)",
+        times.len(),
+        pct(0.50),
+        pct(0.99)
+    );
+    let rss = |pattern: &str| -> u64 {
+        processes_naming(&c.state())
+            .iter()
+            .filter(|(_, cmd)| {
+                let mut words = cmd.split_whitespace();
+                let program = words.next().unwrap_or_default();
+                match pattern.split_once(' ') {
+                    Some((p, sub)) => program.ends_with(p) && words.next() == Some(sub),
+                    None => program.ends_with(&format!("/{pattern}")),
+                }
+            })
+            .filter_map(|(pid, _)| {
+                std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+            })
+            .sum()
+    };
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "smidge-node agent"] {
+        eprintln!("RSS {name}: {} MiB", rss(name) / 1024);
+    }
     Ok(())
 }
