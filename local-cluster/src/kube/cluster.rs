@@ -135,13 +135,18 @@ impl KubeCluster {
             .context("starting the node agent (smidge-node)")
     }
 
+    /// Waits until the node is Ready and the `default` namespace's ServiceAccount exists.
     fn wait_node_ready(&mut self, layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let client = runtime.block_on(super::control_plane::client(&layout.kubeconfig()))?;
-        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        // Pods in `default` are refused until kube-controller-manager made its ServiceAccount;
+        // `up` returns once they would be admitted.
+        let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(client, "default");
         loop {
             let ready = runtime
                 .block_on(nodes.get_opt(NODE_NAME))
@@ -150,7 +155,12 @@ impl KubeCluster {
                 .and_then(|n| n.status)
                 .and_then(|s| s.conditions)
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
+            let account = runtime
+                .block_on(accounts.get_opt("default"))
+                .ok()
+                .flatten()
+                .is_some();
+            if ready && account {
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.agent.as_mut().map(|c| c.try_wait()) {

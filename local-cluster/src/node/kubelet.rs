@@ -470,7 +470,10 @@ impl Worker {
     /// writes its volumes.
     async fn refresh_volumes(&mut self, k: &Kubelet, plan: &PodPlan) {
         let now = SystemTime::now();
-        let mut due = self.fetched_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        // A pod waiting for something (the namespace's kube-root-ca.crt not yet published, a
+        // ConfigMap created after it) looks again at every sync.
+        let mut due = self.volume_error.is_some()
+            || self.fetched_at.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         for spec in plan::token_requests(plan) {
             let key = (spec.audience.clone(), spec.expiration_seconds);
             let early = k.config.token_refresh_secs.map(Duration::from_secs);
@@ -507,6 +510,13 @@ impl Worker {
         };
         let mut problem = None;
         for v in &plan.volumes {
+            if let plan::VolumeSource::Unsupported(kind) = &v.source {
+                problem = Some(format!(
+                    "volume {:?}: {kind} volumes are not supported by the local node",
+                    v.name
+                ));
+                continue;
+            }
             let dir = self.dirs.volume(&v.name);
             let result = plan::volume_files(plan, v, &facts, &self.fetched, &token).and_then(|files| {
                 let files: Vec<VolumeFile> = files
@@ -515,6 +525,8 @@ impl Worker {
                         path: f.path,
                         data: f.data,
                         mode: f.mode,
+                        uid: f.uid.and_then(|u| u32::try_from(u).ok()),
+                        gid: f.gid.and_then(|g| u32::try_from(g).ok()),
                     })
                     .collect();
                 runtime::write_volume(&dir, &files).map_err(|e| format!("{e:#}"))

@@ -145,6 +145,9 @@ pub struct VolumeFile {
     pub path: String,
     pub data: Vec<u8>,
     pub mode: u32,
+    /// Owner and group when the pod's user or fsGroup must read it (a private token).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// Writes a volume's files into `dir`, each replaced by rename so that a reader never sees
@@ -168,7 +171,14 @@ pub fn write_volume(dir: &Path, files: &[VolumeFile]) -> anyhow::Result<()> {
             std::fs::create_dir_all(parent)?;
         }
         let current = std::fs::read(&path).ok();
-        if current.as_deref() == Some(&f.data[..]) {
+        let owner = std::fs::metadata(&path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.mode() & 0o777, m.uid(), m.gid())
+        });
+        let same_owner = owner.is_some_and(|(mode, uid, gid)| {
+            mode == f.mode && f.uid.is_none_or(|u| u == uid) && f.gid.is_none_or(|g| g == gid)
+        });
+        if current.as_deref() == Some(&f.data[..]) && same_owner {
             continue;
         }
         let tmp = path.with_file_name(format!(
@@ -177,6 +187,10 @@ pub fn write_volume(dir: &Path, files: &[VolumeFile]) -> anyhow::Result<()> {
         ));
         std::fs::write(&tmp, &f.data).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))?;
+        if f.uid.is_some() || f.gid.is_some() {
+            std::os::unix::fs::chown(&tmp, f.uid, f.gid)
+                .with_context(|| format!("changing the owner of {}", tmp.display()))?;
+        }
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     }
     // Files of an earlier version no longer projected.
@@ -308,6 +322,8 @@ mod tests {
             path: p.into(),
             data: d.as_bytes().to_vec(),
             mode,
+            uid: None,
+            gid: None,
         };
         write_volume(&v, &[file("token", "a", 0o600), file("sub/ca.crt", "b", 0o644)]).unwrap();
         assert_eq!(std::fs::read_to_string(v.join("token")).unwrap(), "a");
