@@ -591,6 +591,44 @@ pub fn apply_frontends(
     Ok(())
 }
 
+/// Removes what [`apply_frontends`] wrote in `node_netns` (`None`: the caller's own namespace):
+/// the jumps from the built-in chains, then our chains. For a node that is the host's own
+/// namespace, where nothing else removes them; a node namespace takes them along when deleted.
+/// What is already gone is skipped, so it may run twice.
+pub fn remove_frontends(node_netns: Option<&str>) -> anyhow::Result<()> {
+    let iptables = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        in_node(node_netns, "iptables")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running iptables")
+    };
+    for &(table, builtin, ours, matches) in crate::services::HOOKS {
+        let rule: Vec<&str> = ["-t", table, "-D", builtin]
+            .into_iter()
+            .chain(matches.iter().copied())
+            .chain(["-j", ours])
+            .collect();
+        // Deleting a rule that is not there fails: that ends the loop.
+        while iptables(&rule)?.status.success() {}
+    }
+    for &(table, _, ours, _) in crate::services::HOOKS {
+        if !iptables(&["-t", table, "-n", "-L", ours])?.status.success() {
+            continue;
+        }
+        for op in ["-F", "-X"] {
+            let out = iptables(&["-t", table, op, ours])?;
+            if !out.status.success() {
+                bail!(
+                    "removing {table} {ours}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Routes `cidr` (the Service CIDR) out of `device` in the node namespace `node_netns` (`None`:
 /// the caller's own), so that the node's own processes can connect to ClusterIPs at all: a
 /// connection needs a route before the nat OUTPUT chain rewrites its destination. Not needed
@@ -603,12 +641,12 @@ pub fn route_service_cidr(
     cidr: &str,
     device: &str,
 ) -> anyhow::Result<()> {
-    let script = format!(
-        "for d in all default {device}; do echo 0 > /proc/sys/net/ipv4/conf/$d/send_redirects || exit 1; done"
-    );
     if device.contains(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '.') {
         bail!("{device:?} is not a network device name");
     }
+    let script = format!(
+        "for d in all default {device}; do echo 0 > /proc/sys/net/ipv4/conf/$d/send_redirects || exit 1; done"
+    );
     let out = in_node(node_netns, "sh")
         .args(["-c", &script])
         .stdin(Stdio::null())

@@ -1,14 +1,14 @@
 //! kube-proxy's rules (`smidge_local_cluster::mesh::apply_frontends`, the one rule writer of both
 //! control planes) against the real iptables in a node namespace: a ClusterIP reaches its
 //! endpoint from a pod and from the node itself, a port without endpoints is refused at once,
-//! and applying again replaces the rules instead of adding to them.
+//! applying again replaces the rules instead of adding to them, and removing leaves none.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use smidge_local_cluster::mesh::{apply_frontends, route_service_cidr};
+use smidge_local_cluster::mesh::{apply_frontends, remove_frontends, route_service_cidr};
 use smidge_local_cluster::netns::{enter_netns, Node};
 use smidge_local_cluster::services::Frontend;
 
@@ -114,6 +114,14 @@ fn a_cluster_ip_reaches_its_endpoint_from_a_pod_and_from_the_node() -> anyhow::R
         "-A OUTPUT -m conntrack --ctstate NEW -j SMIDGE-SVC-REJECT",
     ] {
         assert_eq!(filter.matches(hook).count(), 1, "{hook} in {filter}");
+    }
+
+    // Removed (twice: the second finds nothing to do), no rule or chain of ours is left.
+    remove_frontends(Some(node.netns()))?;
+    remove_frontends(Some(node.netns()))?;
+    for table in ["nat", "filter"] {
+        let left = nat_rules(node.netns(), table)?;
+        assert!(!left.contains("SMIDGE"), "{left}");
     }
     Ok(())
 }

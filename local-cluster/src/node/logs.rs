@@ -21,6 +21,7 @@ use hyper::body::Frame;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt};
+use tokio_stream::StreamExt as _;
 
 use crate::kube::pki::{Files, Leaf};
 
@@ -302,8 +303,6 @@ async fn respond(
     );
     response
 }
-
-use tokio_stream::StreamExt as _;
 
 /// Sends `file`'s log as `query` asks to `tx`: from the start of its last `tailLines` lines, at
 /// most `limitBytes`, and with `follow` what is appended afterwards, until the receiver is
