@@ -100,7 +100,13 @@ impl Node {
         self.next_pod += 1;
         let netns = format!("{}-p{index}", self.name);
         self.pods.push(netns.clone());
-        attach_pod(&self.name, self.gateway, &netns, &format!("veth{index}"), ip_addr)?;
+        attach_pod(
+            &self.name,
+            self.gateway,
+            &netns,
+            &format!("veth{index}"),
+            ip_addr,
+        )?;
         Ok(Pod {
             name: name.into(),
             netns,
@@ -155,7 +161,15 @@ pub fn attach_pod(
     ])?;
     disable_ipv6(netns, "eth0");
     ip(&["-n", netns, "link", "set", "eth0", "up"])?;
-    ip(&["-n", netns, "route", "add", "default", "via", &gateway.to_string()])?;
+    ip(&[
+        "-n",
+        netns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway.to_string(),
+    ])?;
     Ok(())
 }
 
@@ -193,10 +207,10 @@ pub fn kill_in_netns(netns: &str) -> usize {
         if let Ok(pid) = pid.parse::<i32>() {
             if pid != me
                 && nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .is_ok()
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
             {
                 n += 1;
             }

@@ -53,7 +53,9 @@ fn running(k: &Kubectl, app: &str) -> anyhow::Result<Vec<(String, String)>> {
     let pods = k.items(&["get", "pods", "-n", "demo", "-l", &format!("app={app}")])?;
     Ok(pods
         .iter()
-        .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
         .filter_map(|p| {
             Some((
                 p["metadata"]["name"].as_str()?.to_string(),
@@ -122,7 +124,10 @@ fn deployment_scenario(c: &KubeLocal) -> anyhow::Result<()> {
         Ok((n == 2).then_some((n, m)))
     })?;
     assert_eq!(ready, 2);
-    assert_eq!(managed, "endpointslice-controller.k8s.io", "written by kube-controller-manager");
+    assert_eq!(
+        managed, "endpointslice-controller.k8s.io",
+        "written by kube-controller-manager"
+    );
 
     // A third pod calls the Service by name, over the node's ClusterIP rules.
     k.apply(
@@ -151,7 +156,10 @@ spec:
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     for (name, _) in &pods {
-        assert!(answered.contains(name.as_str()), "{name} never answered: {log}");
+        assert!(
+            answered.contains(name.as_str()),
+            "{name} never answered: {log}"
+        );
     }
 
     // The API server reaches the Service's pods too (what admission and conversion webhooks
@@ -162,7 +170,8 @@ spec:
         "/api/v1/namespaces/demo/services/echo:http/proxy/from-the-api-server",
     ])?;
     assert!(
-        pods.iter().any(|(n, _)| through_api.starts_with(n.as_str())),
+        pods.iter()
+            .any(|(n, _)| through_api.starts_with(n.as_str())),
         "{through_api}"
     );
 
@@ -181,8 +190,42 @@ spec:
             .is_some_and(|m| m.contains("example.com/no/such-image")),
         "{waiting}"
     );
-    assert_eq!(running(k, "echo")?.len(), 2, "the other pods are not affected");
-    k.ok(&["delete", "pod", "-n", "demo", "unknown-image", "--wait=false"])?;
+    assert_eq!(
+        running(k, "echo")?.len(),
+        2,
+        "the other pods are not affected"
+    );
+    k.ok(&[
+        "delete",
+        "pod",
+        "-n",
+        "demo",
+        "unknown-image",
+        "--wait=false",
+    ])?;
+
+    // The node itself reaches the Service's ClusterIP (kube-proxy's OUTPUT rules).
+    let svc = k.json(&["get", "svc", "echo", "-n", "demo"])?;
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().context("no clusterIP")?;
+    let node_netns = format!("smg-kube-{}-0", c.daemon_pid()?);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node_netns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://{cluster_ip}/from-the-node"))
+        .output()?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        pods.iter().any(|(n, _)| body.starts_with(n.as_str())),
+        "from the node: {body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A deleted pod is replaced by its ReplicaSet.
     let (victim, _) = &pods[0];
@@ -200,11 +243,15 @@ spec:
         Ok(left.is_empty().then_some(()))
     })?;
     eprintln!("scale to 0 took {:?}", started.elapsed());
-    k.until(SETTLE, "only the finished caller pod left on the node", |_| {
-        // The caller (Succeeded) keeps its sandbox until it is deleted, as with a kubelet.
-        let pod_dirs = std::fs::read_dir(c.state().join("node/pods"))?.count();
-        Ok((pod_dirs == 1).then_some(()))
-    })?;
+    k.until(
+        SETTLE,
+        "only the finished caller pod left on the node",
+        |_| {
+            // The caller (Succeeded) keeps its sandbox until it is deleted, as with a kubelet.
+            let pod_dirs = std::fs::read_dir(c.state().join("node/pods"))?.count();
+            Ok((pod_dirs == 1).then_some(()))
+        },
+    )?;
     Ok(())
 }
 
@@ -224,9 +271,14 @@ fn nothing_left(state: &std::path::Path, daemon_pid: u32) -> anyhow::Result<()> 
                         .and_then(|(_, rest)| rest.split_whitespace().nth(3).map(str::to_string))
                 })
                 .is_some_and(|sid| sid == daemon_pid.to_string())
+                // A zombie is dead: init reaps what the daemon's children left.
+                && smidge_local_cluster::netns::process_alive(*pid)
         })
         .collect();
-    assert!(session.is_empty(), "the daemon's session still has {session:?}");
+    assert!(
+        session.is_empty(),
+        "the daemon's session still has {session:?}"
+    );
     let prefix = format!("smg-kube-{daemon_pid}-");
     let left: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {
@@ -382,8 +434,14 @@ fn sidecar_scenario(c: &KubeLocal) -> anyhow::Result<()> {
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         Ok((p["status"]["phase"] == "Running" && ready).then_some(p))
     })?;
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let sidecar = &pod["status"]["initContainerStatuses"][0];
     assert_eq!(sidecar["name"], "sidecar");
     assert_eq!(sidecar["started"], true, "{sidecar}");
@@ -404,8 +462,7 @@ fn sidecar_scenario(c: &KubeLocal) -> anyhow::Result<()> {
     let status = &answer["status"];
     assert_eq!(status["authenticated"], true, "{answer}");
     assert_eq!(
-        status["user"]["username"],
-        "system:serviceaccount:demo:tester",
+        status["user"]["username"], "system:serviceaccount:demo:tester",
         "{answer}"
     );
     assert_eq!(
@@ -443,9 +500,18 @@ fn restart_scenario(c: &KubeLocal) -> anyhow::Result<()> {
             .iter()
             .map(|p| {
                 (
-                    p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
-                    p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-                    p["status"]["podIP"].as_str().unwrap_or_default().to_string(),
+                    p["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["status"]["podIP"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     p["status"]["containerStatuses"][0]["restartCount"]
                         .as_u64()
                         .unwrap_or(99),
@@ -511,14 +577,23 @@ fn measure_apply_to_running_over_twenty_pods() -> anyhow::Result<()> {
     let k = &c.kubectl;
     k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n")?;
     k.until(SETTLE, "the default ServiceAccount", |k| {
-        Ok(k.run(&["get", "sa", "default", "-n", "demo"])?.status.success().then_some(()))
+        Ok(k.run(&["get", "sa", "default", "-n", "demo"])?
+            .status
+            .success()
+            .then_some(()))
     })?;
     let started = Instant::now();
-    k.apply(&echo_app(20).replacen("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\n", "", 1))?;
+    k.apply(&echo_app(20).replacen(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\n",
+        "",
+        1,
+    ))?;
     let mut first_running: std::collections::BTreeMap<String, Duration> = Default::default();
     k.until(Duration::from_secs(120), "20 pods Running", |k| {
         for (name, _) in running(k, "echo")? {
-            first_running.entry(name).or_insert_with(|| started.elapsed());
+            first_running
+                .entry(name)
+                .or_insert_with(|| started.elapsed());
         }
         Ok((first_running.len() >= 20).then_some(()))
     })?;
@@ -543,15 +618,25 @@ fn measure_apply_to_running_over_twenty_pods() -> anyhow::Result<()> {
                 }
             })
             .filter_map(|(pid, _)| {
-                std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| {
+                                v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                            })
+                    })
             })
             .sum()
     };
-    for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "smidge-node agent"] {
+    for name in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "smidge-node agent",
+    ] {
         eprintln!("RSS {name}: {} MiB", rss(name) / 1024);
     }
     Ok(())

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "smidge-node", about = "The local cluster's node agent and container shim")]
+#[command(
+    name = "smidge-node",
+    about = "The local cluster's node agent and container shim"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -191,7 +191,8 @@ impl KubeCluster {
             self.agent = None;
             self.agent_down_since = Some(Instant::now());
         }
-        let backoff = Duration::from_secs(1 << self.agent_restarts.min(3)).min(Duration::from_secs(10));
+        let backoff =
+            Duration::from_secs(1 << self.agent_restarts.min(3)).min(Duration::from_secs(10));
         if self.agent_down_since.is_some_and(|t| t.elapsed() < backoff) {
             return;
         }

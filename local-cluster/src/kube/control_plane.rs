@@ -219,7 +219,8 @@ impl ControlPlane {
 
 /// A client with the credentials of `kubeconfig` (the admin's, the node's, …).
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let config = Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading {}", kubeconfig.display()))?;

@@ -5,8 +5,8 @@
 
 pub mod args;
 pub mod cluster;
-pub mod daemon;
 pub mod control_plane;
+pub mod daemon;
 pub mod kubeconfig;
 pub mod pki;
 pub mod process;

@@ -73,9 +73,10 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(super::registration::run(client.clone(), facts));
 
     let kubelet = Arc::new(Kubelet::new(config.clone(), client.clone())?);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from((config.node_ip, config.log_port)))
-        .await
-        .with_context(|| format!("listening on {}:{}", config.node_ip, config.log_port))?;
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from((config.node_ip, config.log_port)))
+            .await
+            .with_context(|| format!("listening on {}:{}", config.node_ip, config.log_port))?;
     let tls = super::logs::server_config(
         &read(&config.serving_cert)?,
         &read(&config.serving_key)?,

@@ -411,12 +411,9 @@ impl Worker {
         } else {
             let ip = ipam.allocate()?;
             std::fs::create_dir_all(&self.dirs.root)?;
-            if let Err(e) = runtime::create_sandbox(
-                &k.config.node_netns,
-                k.config.node_ip,
-                &self.record,
-                ip,
-            ) {
+            if let Err(e) =
+                runtime::create_sandbox(&k.config.node_netns, k.config.node_ip, &self.record, ip)
+            {
                 ipam.used.remove(&ip);
                 return Err(e);
             }
@@ -484,8 +481,7 @@ impl Worker {
             if fresh {
                 continue;
             }
-            match request_token(k, plan, spec.audience.as_deref(), spec.expiration_seconds).await
-            {
+            match request_token(k, plan, spec.audience.as_deref(), spec.expiration_seconds).await {
                 Ok(t) => {
                     self.tokens.insert(key, t);
                     due = true;
@@ -518,19 +514,20 @@ impl Worker {
                 continue;
             }
             let dir = self.dirs.volume(&v.name);
-            let result = plan::volume_files(plan, v, &facts, &self.fetched, &token).and_then(|files| {
-                let files: Vec<VolumeFile> = files
-                    .into_iter()
-                    .map(|f| VolumeFile {
-                        path: f.path,
-                        data: f.data,
-                        mode: f.mode,
-                        uid: f.uid.and_then(|u| u32::try_from(u).ok()),
-                        gid: f.gid.and_then(|g| u32::try_from(g).ok()),
-                    })
-                    .collect();
-                runtime::write_volume(&dir, &files).map_err(|e| format!("{e:#}"))
-            });
+            let result =
+                plan::volume_files(plan, v, &facts, &self.fetched, &token).and_then(|files| {
+                    let files: Vec<VolumeFile> = files
+                        .into_iter()
+                        .map(|f| VolumeFile {
+                            path: f.path,
+                            data: f.data,
+                            mode: f.mode,
+                            uid: f.uid.and_then(|u| u32::try_from(u).ok()),
+                            gid: f.gid.and_then(|g| u32::try_from(g).ok()),
+                        })
+                        .collect();
+                    runtime::write_volume(&dir, &files).map_err(|e| format!("{e:#}"))
+                });
             if let Err(e) = result {
                 problem = Some(format!("volume {:?}: {e}", v.name));
             }
@@ -640,7 +637,12 @@ impl Worker {
         let list: Vec<lifecycle::ContainerSpec> = specs.iter().map(|(s, _)| s.clone()).collect();
         let states: Vec<ContainerState> = list
             .iter()
-            .map(|s| self.states.get(&s.name).cloned().unwrap_or(ContainerState::NEW))
+            .map(|s| {
+                self.states
+                    .get(&s.name)
+                    .cloned()
+                    .unwrap_or(ContainerState::NEW)
+            })
             .collect();
         let policy = lifecycle_policy(plan.restart_policy);
         let actions = lifecycle::next(&list, policy, &states, false, Timestamp::now());
@@ -650,7 +652,11 @@ impl Worker {
                 Action::Restart { name, backoff } => {
                     self.start(k, plan, &specs, &name, Some(backoff))
                 }
-                Action::Kill { name, reason, message } => {
+                Action::Kill {
+                    name,
+                    reason,
+                    message,
+                } => {
                     tracing::info!(pod = %plan.name, container = %name, reason, message, "killing a container");
                     if let Some(c) = self.containers.get(&name) {
                         c.signal(nix::sys::signal::Signal::SIGKILL);
@@ -687,11 +693,7 @@ impl Worker {
         let outcome = match self.volume_error.clone() {
             Some(problem) => Err(waiting("ContainerCreating", problem)),
             None => self.container_spec(k, plan, c).and_then(|spec| {
-                let attempt = self
-                    .record
-                    .containers
-                    .get(name)
-                    .map_or(0, |r| r.attempts);
+                let attempt = self.record.containers.get(name).map_or(0, |r| r.attempts);
                 let mut spec = spec;
                 spec.log = self.dirs.log(name, attempt);
                 let spec_path = self.dirs.container(name).join("spec.json");
@@ -719,13 +721,17 @@ impl Worker {
                 state.observed = Observed::Running { since: now };
                 state.started = c.startup_probe.is_none();
                 state.probe_failed = None;
-                self.ready.insert(name.to_string(), c.readiness_probe.is_none());
+                self.ready
+                    .insert(name.to_string(), c.readiness_probe.is_none());
                 self.containers.insert(name.to_string(), container);
                 tracing::info!(pod = %plan.name, container = %name, "container started");
                 self.save();
             }
             Err(observed) => {
-                if let Observed::Waiting { reason, message, .. } = &observed {
+                if let Observed::Waiting {
+                    reason, message, ..
+                } = &observed
+                {
                     tracing::warn!(pod = %plan.name, container = %name, reason, message, "container not started");
                 }
                 state.observed = observed;
@@ -810,7 +816,10 @@ impl Worker {
         for m in &c.mounts {
             let dir = self.dirs.volume(&m.volume);
             if let Err(e) = std::fs::create_dir_all(&dir) {
-                return Err(waiting("CreateContainerError", format!("{}: {e}", dir.display())));
+                return Err(waiting(
+                    "CreateContainerError",
+                    format!("{}: {e}", dir.display()),
+                ));
             }
         }
         let dir = self.dirs.container(&c.name);
@@ -936,7 +945,12 @@ impl Worker {
         use nix::sys::signal::Signal;
         self.observe();
         let specs = Self::specs(plan);
-        let kind_of = |name: &str| specs.iter().find(|(s, _)| s.name == name).map(|(s, _)| s.kind);
+        let kind_of = |name: &str| {
+            specs
+                .iter()
+                .find(|(s, _)| s.name == name)
+                .map(|(s, _)| s.kind)
+        };
         if self.terminating.is_none() {
             let grace = pod
                 .metadata
@@ -988,7 +1002,9 @@ impl Worker {
             ..DeleteParams::default()
         };
         match pods.delete(&plan.name, &params).await {
-            Ok(_) => tracing::info!(pod = %format!("{}/{}", plan.namespace, plan.name), "pod deleted"),
+            Ok(_) => {
+                tracing::info!(pod = %format!("{}/{}", plan.namespace, plan.name), "pod deleted")
+            }
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e).context("the pod's final delete"),
         }
@@ -1049,7 +1065,9 @@ async fn request_token(
             )
         })?;
     let status = answer.status.context("the TokenRequest has no status")?;
-    let token = status.token.context("the TokenRequest's answer holds no token")?;
+    let token = status
+        .token
+        .context("the TokenRequest's answer holds no token")?;
     let expires = match status.expiration_timestamp {
         Some(t) => SystemTime::UNIX_EPOCH + Duration::from_secs(t.0.as_second().max(0) as u64),
         None => issued + Duration::from_secs(expiration_seconds.max(0) as u64),
@@ -1073,7 +1091,9 @@ async fn fetch(k: &Kubelet, plan: &PodPlan) -> Fetched {
                 out.config_maps.insert(name, ConfigMapData::from(&cm));
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(pod = %plan.name, configmap = %name, error = %e, "reading a ConfigMap"),
+            Err(e) => {
+                tracing::warn!(pod = %plan.name, configmap = %name, error = %e, "reading a ConfigMap")
+            }
         }
     }
     let secs: Api<Secret> = Api::namespaced(k.client.clone(), &plan.namespace);
@@ -1092,7 +1112,9 @@ async fn fetch(k: &Kubelet, plan: &PodPlan) -> Fetched {
                 out.secrets.insert(name, data);
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(pod = %plan.name, secret = %name, error = %e, "reading a Secret"),
+            Err(e) => {
+                tracing::warn!(pod = %plan.name, secret = %name, error = %e, "reading a Secret")
+            }
         }
     }
     out

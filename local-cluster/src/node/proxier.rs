@@ -17,22 +17,39 @@ use super::kubelet::Kubelet;
 const SETTLE: Duration = Duration::from_millis(100);
 
 pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<()> {
+    // The node's own processes (the API server, this agent) connect to ClusterIPs: they need a
+    // route for the nat OUTPUT rules to rewrite.
+    if let Err(e) = crate::mesh::route_service_cidr(None, crate::kube::SERVICE_CIDR, "br0") {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "routing the Service CIDR in the node"
+        );
+    }
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
     let svc_stream = reflector(
         svc_writer,
-        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
     let slice_stream = reflector(
         slice_writer,
-        watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()),
+        watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
-    for stream in [svc_stream.map(|r| r.map(|_| ())).boxed(), slice_stream.map(|r| r.map(|_| ())).boxed()] {
+    for stream in [
+        svc_stream.map(|r| r.map(|_| ())).boxed(),
+        slice_stream.map(|r| r.map(|_| ())).boxed(),
+    ] {
         let tx = changed_tx.clone();
         tokio::spawn(async move {
             let mut stream = stream;
@@ -70,7 +87,11 @@ pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<
             let path = crate::netns::hosts_path(&netns);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 if let Err(e) = crate::netns::write_hosts(&netns, &text) {
-                    tracing::warn!(netns, error = format!("{e:#}"), "writing a pod's hosts file");
+                    tracing::warn!(
+                        netns,
+                        error = format!("{e:#}"),
+                        "writing a pod's hosts file"
+                    );
                 }
             }
         }

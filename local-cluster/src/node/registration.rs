@@ -68,7 +68,8 @@ pub fn status(facts: &NodeFacts, transitions: &str) -> serde_json::Value {
             "lastHeartbeatTime": now, "lastTransitionTime": transitions,
         })
     };
-    let resources = json!({"cpu": cpu, "memory": memory, "pods": MAX_PODS, "ephemeral-storage": "100Gi"});
+    let resources =
+        json!({"cpu": cpu, "memory": memory, "pods": MAX_PODS, "ephemeral-storage": "100Gi"});
     json!({
         "conditions": [
             condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "the node agent does not track memory pressure"),
@@ -166,7 +167,11 @@ pub async fn write_status(nodes: &Api<Node>, facts: &NodeFacts) -> anyhow::Resul
 /// Creates or renews the node's Lease.
 pub async fn renew_lease(leases: &Api<Lease>, node: &str, node_uid: &str) -> anyhow::Result<()> {
     let renew = micro_now();
-    match leases.get_opt(node).await.context("reading the node lease")? {
+    match leases
+        .get_opt(node)
+        .await
+        .context("reading the node lease")?
+    {
         Some(_) => {
             leases
                 .patch(

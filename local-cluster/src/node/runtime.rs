@@ -325,9 +325,16 @@ mod tests {
             uid: None,
             gid: None,
         };
-        write_volume(&v, &[file("token", "a", 0o600), file("sub/ca.crt", "b", 0o644)]).unwrap();
+        write_volume(
+            &v,
+            &[file("token", "a", 0o600), file("sub/ca.crt", "b", 0o644)],
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(v.join("token")).unwrap(), "a");
-        let mode = std::fs::metadata(v.join("token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(v.join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         write_volume(&v, &[file("token", "c", 0o600)]).unwrap();
         assert_eq!(std::fs::read_to_string(v.join("token")).unwrap(), "c");

@@ -206,13 +206,7 @@ fn private_mounts(spec: &Spec) -> anyhow::Result<()> {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .with_context(|| {
-            format!(
-                "binding {} at {}",
-                b.source.display(),
-                b.target.display()
-            )
-        })?;
+        .with_context(|| format!("binding {} at {}", b.source.display(), b.target.display()))?;
         if b.read_only {
             mount(
                 None::<&str>,
