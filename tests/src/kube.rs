@@ -11,31 +11,59 @@ use smidge_local_cluster::kube::{cached_bin_dir, missing_binaries, BINARIES};
 
 use crate::binary;
 
-/// The control plane's binaries, or `None` (after saying why) when they are not built. With
-/// `SMIDGE_REQUIRE_KUBE` set (CI), missing binaries are an error instead.
+/// The control plane's binaries, built by `kube/build.sh` when they are missing (minutes the
+/// first time; one build at a time across test processes, under a lock in the cache), so that the
+/// README's test command passes on a fresh machine. `SMIDGE_SKIP_KUBE` set: `None` instead of a
+/// build (the tests that need it then say `SKIPPED`).
 pub fn binaries() -> anyhow::Result<Option<PathBuf>> {
     let bin = match std::env::var_os("SMIDGE_KUBE_BIN") {
         Some(dir) => PathBuf::from(dir),
         None => cached_bin_dir()?,
     };
-    let missing = missing_binaries(&bin, &BINARIES);
-    if missing.is_empty() {
+    if missing_binaries(&bin, &BINARIES).is_empty() {
         return Ok(Some(bin));
     }
-    if std::env::var_os("SMIDGE_REQUIRE_KUBE").is_some() {
-        bail!(
-            "SMIDGE_REQUIRE_KUBE is set but {} are missing in {}; run kube/build.sh",
-            missing.join(", "),
+    if std::env::var_os("SMIDGE_SKIP_KUBE").is_some() {
+        eprintln!(
+            "SKIPPED: SMIDGE_SKIP_KUBE is set and the control plane is not built in {}",
             bin.display()
         );
+        return Ok(None);
     }
+    let cache = bin.parent().unwrap_or(&bin).to_path_buf();
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let lock_path = cache.join("build.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+    // Another test process may have built it while this one waited.
+    if missing_binaries(&bin, &BINARIES).is_empty() {
+        return Ok(Some(bin));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kube/build.sh");
     eprintln!(
-        "SKIPPED: the control plane's binaries are not built ({} missing in {}); run kube/build.sh \
-         or set SMIDGE_KUBE_BIN",
-        missing.join(", "),
-        bin.display()
+        "building the Kubernetes control plane (minutes the first time): {}",
+        script.display()
     );
-    Ok(None)
+    let status = Command::new("bash")
+        .arg(&script)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    let missing = missing_binaries(&bin, &BINARIES);
+    if !status.success() || !missing.is_empty() {
+        bail!(
+            "{} failed ({status}); missing in {}: {}",
+            script.display(),
+            bin.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(Some(bin))
 }
 
 /// kubectl with one kubeconfig.

@@ -3,9 +3,8 @@
 //! `smidge_local_cluster::kube`: it serves kubectl, runs Deployments' controllers, enforces RBAC,
 //! leaves no process behind, and restarts on its state.
 //!
-//! Skipped (with a message) when the binaries are not built: run `kube/build.sh` first, or point
-//! `SMIDGE_KUBE_BIN` at a directory holding them. With `SMIDGE_REQUIRE_KUBE` set (CI), missing
-//! binaries fail the test instead.
+//! Builds the control plane first when it is missing (`kube/build.sh`); `SMIDGE_SKIP_KUBE` set
+//! skips instead, with a message.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,38 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use smidge_local_cluster::kube::{
-    cached_bin_dir, missing_binaries, ControlPlane, Options, BINARIES, COMPONENTS,
-};
+use smidge_local_cluster::kube::{ControlPlane, Options, COMPONENTS};
 
 /// How long the controllers get to turn a Deployment into Pods.
 const CONTROLLERS_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The binaries' directory, or `None` (after saying why) when they are not built.
-fn binaries() -> anyhow::Result<Option<PathBuf>> {
-    let bin = match std::env::var_os("SMIDGE_KUBE_BIN") {
-        Some(dir) => PathBuf::from(dir),
-        None => cached_bin_dir()?,
-    };
-    let missing = missing_binaries(&bin, &BINARIES);
-    if missing.is_empty() {
-        return Ok(Some(bin));
-    }
-    if std::env::var_os("SMIDGE_REQUIRE_KUBE").is_some() {
-        bail!(
-            "SMIDGE_REQUIRE_KUBE is set but {} are missing in {}; run kube/build.sh",
-            missing.join(", "),
-            bin.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: the control plane's binaries are not built ({} missing in {}); run kube/build.sh \
-         or set SMIDGE_KUBE_BIN",
-        missing.join(", "),
-        bin.display()
-    );
-    Ok(None)
-}
+use smidge_e2e::kube::binaries;
 
 struct Kubectl {
     program: PathBuf,

@@ -3,8 +3,8 @@
 //! which runs pods as network namespaces and processes, plays kube-proxy, serves `kubectl logs`,
 //! and leaves nothing behind at `down`.
 //!
-//! Skipped (with a message) when the control plane is not built, unless `SMIDGE_REQUIRE_KUBE`
-//! is set (CI).
+//! Builds the control plane first when it is missing (`kube/build.sh`); `SMIDGE_SKIP_KUBE` set
+//! skips instead, with a message.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

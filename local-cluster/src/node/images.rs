@@ -299,4 +299,19 @@ mod tests {
         assert!(md.contains("| `busybox` | `sh` |"));
         assert!(md.contains("`ghcr.io/smidge-mesh/smidge-proxy`"));
     }
+
+    /// The README documents this very table (regenerate it with `SMIDGE_PRINT_IMAGES=1 cargo
+    /// test -p smidge-local-cluster readme_lists`).
+    #[test]
+    fn the_readme_lists_the_image_table() {
+        let md = markdown();
+        if std::env::var_os("SMIDGE_PRINT_IMAGES").is_some() {
+            println!("{md}");
+        }
+        let readme = include_str!("../../../README.md");
+        assert!(
+            readme.contains(&md),
+            "README.md lacks the image table:\n{md}"
+        );
+    }
 }
