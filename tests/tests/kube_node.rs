@@ -337,6 +337,9 @@ spec:
     restartPolicy: Always
     command: ["sh", "-c", "date +%s%N > /shared/sidecar-started; exec sleep 100000"]
     volumeMounts: [{name: shared, mountPath: /shared}]
+    # Started once its file exists: the app must not start before (an exec probe sees the
+    # container's own volumes).
+    startupProbe: {exec: {command: [test, -f, /shared/sidecar-started]}, periodSeconds: 1}
   containers:
   - name: app
     image: busybox:1.36

@@ -590,21 +590,26 @@ impl Worker {
                     .entry((spec.name.clone(), kind))
                     .or_insert_with(|| ProbeState::new(kind, probe_config(kind, probe), since));
                 if entry.due(now) {
-                    due.push((spec.name.clone(), kind, probe.clone()));
+                    let pid = self
+                        .containers
+                        .get(&spec.name)
+                        .and_then(|c| shim::container_pid(&c.spec));
+                    due.push((spec.name.clone(), kind, probe.clone(), pid));
                 }
             }
         }
         let netns = self.record.netns.clone();
         let programs = programs.to_path_buf();
-        let results = futures_util::future::join_all(due.into_iter().map(|(name, kind, probe)| {
-            let netns = netns.clone();
-            let programs = programs.clone();
-            async move {
-                let ok = super::probing::run(&probe, ip, &netns, &programs).await;
-                (name, kind, ok)
-            }
-        }))
-        .await;
+        let results =
+            futures_util::future::join_all(due.into_iter().map(|(name, kind, probe, pid)| {
+                let netns = netns.clone();
+                let programs = programs.clone();
+                async move {
+                    let ok = super::probing::run(&probe, ip, &netns, pid, &programs).await;
+                    (name, kind, ok)
+                }
+            }))
+            .await;
         let now = Timestamp::now();
         for (name, kind, ok) in results {
             if let Some(p) = self.probes.get_mut(&(name.clone(), kind)) {

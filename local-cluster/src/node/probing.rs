@@ -1,5 +1,6 @@
 //! Running one probe against a pod: `httpGet` (a 2xx or 3xx answer), `tcpSocket` (a connection
-//! is accepted), `exec` (the command exits 0 inside the pod's network namespace), each within
+//! is accepted), `exec` (the command exits 0 inside the container's mount and network
+//! namespaces, entered with nsenter, so it sees the container's volumes), each within
 //! the probe's timeout. The agent runs in the node's namespace and reaches pods by address.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,7 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::plan::{Probe, ProbeAction};
 
 /// Whether the probe passed.
-pub async fn run(probe: &Probe, ip: Ipv4Addr, netns: &str, programs: &Path) -> bool {
+pub async fn run(
+    probe: &Probe,
+    ip: Ipv4Addr,
+    netns: &str,
+    container_pid: Option<u32>,
+    programs: &Path,
+) -> bool {
     let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
     let attempt = async {
         match &probe.action {
@@ -36,7 +43,7 @@ pub async fn run(probe: &Probe, ip: Ipv4Addr, netns: &str, programs: &Path) -> b
                     .await
                     .is_ok()
             }
-            ProbeAction::Exec { command } => exec(netns, command, programs).await,
+            ProbeAction::Exec { command } => exec(netns, container_pid, command, programs).await,
         }
     };
     tokio::time::timeout(timeout, attempt)
@@ -70,16 +77,33 @@ async fn http_get(addr: SocketAddr, path: &str, headers: &[(String, String)]) ->
             .is_some_and(|c| (200..400).contains(&c))
 }
 
-async fn exec(netns: &str, command: &[String], programs: &Path) -> bool {
+async fn exec(
+    netns: &str,
+    container_pid: Option<u32>,
+    command: &[String],
+    programs: &Path,
+) -> bool {
     let Some((program, args)) = command.split_first() else {
         return false;
     };
     let Some(program) = super::runtime::locate(programs, program) else {
         return false;
     };
-    tokio::process::Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(program)
+    let mut cmd = match container_pid {
+        Some(pid) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg("--target")
+                .arg(pid.to_string())
+                .args(["--mount", "--net", "--"]);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", netns]);
+            c
+        }
+    };
+    cmd.arg(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
