@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod compile;
+pub mod convert;
 pub mod core;
 pub mod crds;
 pub mod diagnose;
