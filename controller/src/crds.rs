@@ -179,8 +179,8 @@ fn printer_columns(kind: &str, version: &str) -> Vec<CustomResourceColumnDefinit
             column(
                 "Backends",
                 "string",
-                ".spec.backends[*].service",
-                "The backend services of this split.",
+                ".spec.backends",
+                "The backend services of this split and their weights.",
             ),
         ],
         "TrafficTarget" => {

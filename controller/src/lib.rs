@@ -19,3 +19,4 @@ pub mod model;
 pub mod provider;
 pub mod push;
 pub mod smi;
+pub mod webhook;

@@ -176,3 +176,30 @@ fn whole_to_quantities(spec: &mut Body) {
         }
     }
 }
+
+/// Copies into `body` (of `version`, made by [`down`]) what a kept body of another older version
+/// holds and the hub cannot, where `version` can hold it too: access v1alpha1 and v1alpha2 both
+/// have `destination.port`, v1alpha3 has not.
+pub fn carry(kind: &str, from_version: &str, from: &Body, version: &str, body: &mut Body) {
+    if kind != "TrafficTarget" {
+        return;
+    }
+    let holder = |v: &str, b: &Body| -> Option<Value> {
+        match v {
+            "v1alpha1" => b.get("destination").cloned(),
+            "v1alpha2" => b.get("spec")?.get("destination").cloned(),
+            _ => None,
+        }
+    };
+    let Some(port) = holder(from_version, from).and_then(|d| d.get("port").cloned()) else {
+        return;
+    };
+    let destination = match version {
+        "v1alpha1" => body.get_mut("destination"),
+        "v1alpha2" => body.get_mut("spec").and_then(|s| s.get_mut("destination")),
+        _ => None,
+    };
+    if let Some(d) = destination.and_then(Value::as_object_mut) {
+        d.insert("port".into(), port);
+    }
+}

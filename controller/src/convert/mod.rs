@@ -238,9 +238,24 @@ pub fn convert(object: &Value, desired_api_version: &str) -> Result<Value, Conve
     } else {
         match kept.remove(desired) {
             Some(body) => body,
-            None => layout::down(kind, desired, hub_body.clone()),
+            None => {
+                let mut body = layout::down(kind, desired, hub_body.clone());
+                for (version, kept_body) in kept.iter() {
+                    layout::carry(kind, version, kept_body, desired, &mut body);
+                }
+                body
+            }
         }
     };
+    if desired != hub {
+        // A kept body the result itself gives back (v1alpha1 and v1alpha2 both hold a port) is
+        // no longer needed.
+        kept.retain_current(|version, kept_body| {
+            let mut sideways = layout::down(kind, version, hub_body.clone());
+            layout::carry(kind, desired, &body, version, &mut sideways);
+            sideways != *kept_body
+        });
+    }
     if desired != hub && layout::up(kind, desired, body.clone()).ok().as_ref() != Some(&hub_body) {
         kept.insert(hub, hub_body);
     }

@@ -44,6 +44,10 @@ impl Snapshots {
         self.0.get(version)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Map<String, Value>)> {
+        self.0.iter().map(|(v, b)| (v.as_str(), b))
+    }
+
     pub fn insert(&mut self, version: &str, body: Map<String, Value>) {
         self.0.insert(version.to_string(), body);
     }

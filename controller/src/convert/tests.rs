@@ -325,6 +325,10 @@ fn a_v1alpha2_destination_port_is_kept_and_still_limits_access_in_v1alpha3() {
         panic!("not a TrafficTarget");
     };
     assert_eq!(tt.destination_port, Some(8080));
+    // v1alpha1 can hold the port too: read there, it shows it.
+    let v1 = to(&hub, "v1alpha1");
+    assert_eq!(v1["destination"]["port"], "8080", "{v1}");
+    assert_eq!(to(&v1, "v1alpha2"), *old);
 }
 
 #[test]
