@@ -91,10 +91,13 @@ async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
                 }
             };
             // Conversion is pure and quick, but a big list should not hold up the runtime.
-            let answer = tokio::task::spawn_blocking(move || review_json(&body))
-                .await
-                .unwrap_or_default();
-            Ok(reply(StatusCode::OK, "application/json", answer))
+            match tokio::task::spawn_blocking(move || review_json(&body)).await {
+                Ok(answer) => Ok(reply(StatusCode::OK, "application/json", answer)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a conversion task failed");
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "the conversion failed")
+                }
+            }
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (_, "/convert") => text(StatusCode::METHOD_NOT_ALLOWED, "POST a ConversionReview"),
