@@ -58,12 +58,23 @@ impl K {
         self.ok(&["replace", "-f", &path])
     }
 
-    /// The object `name` of `resource` (plural) read in `group/version`.
+    /// The object `name` of `resource` (plural) in namespace shop, read in `group/version`.
     fn get(&self, resource: &str, group: &str, version: &str, name: &str) -> anyhow::Result<Value> {
+        self.get_in("shop", resource, group, version, name)
+    }
+
+    fn get_in(
+        &self,
+        namespace: &str,
+        resource: &str,
+        group: &str,
+        version: &str,
+        name: &str,
+    ) -> anyhow::Result<Value> {
         let what = format!("{resource}.{version}.{group}");
-        Ok(serde_json::from_str(
-            &self.ok(&["-n", "shop", "get", &what, name, "-o", "json"])?,
-        )?)
+        Ok(serde_json::from_str(&self.ok(&[
+            "-n", namespace, "get", &what, name, "-o", "json",
+        ])?)?)
     }
 }
 
@@ -74,6 +85,43 @@ fn annotations(object: &Value) -> Value {
         m.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
     a
+}
+
+/// Everything but apiVersion, kind, metadata and status.
+fn body(object: &Value) -> Value {
+    let mut b = object.clone();
+    if let Some(o) = b.as_object_mut() {
+        for key in ["apiVersion", "kind", "metadata", "status"] {
+            o.remove(key);
+        }
+    }
+    b
+}
+
+/// The conversion annotation, parsed (null when there is none).
+fn conversion_data(object: &Value) -> Value {
+    object["metadata"]["annotations"][ANNOTATION]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The ecosystem samples the unit tests use: (what, object).
+fn samples() -> anyhow::Result<Vec<(String, Value)>> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/tests/data/smi-samples.json");
+    let all: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| path.display().to_string())?,
+    )?;
+    Ok(all
+        .into_iter()
+        .map(|s| {
+            (
+                s["what"].as_str().unwrap_or_default().to_string(),
+                s["object"].clone(),
+            )
+        })
+        .collect())
 }
 
 fn has_conversion_data(object: &Value) -> bool {
@@ -261,6 +309,50 @@ fn every_smi_version_is_served_through_the_conversion_webhook() -> anyhow::Resul
         web.contains(r#"{"service":"web-v1","weight":1}"#) && web.contains("web-v2"),
         "{table}"
     );
+
+    // Every ecosystem sample of the unit tests applies unchanged, reads back exactly in its own
+    // version, and reads in every other version as `convert` makes it.
+    k.ok(&["create", "namespace", "samples"])?;
+    for (what, mut sample) in samples()? {
+        if let Some(m) = sample["metadata"].as_object_mut() {
+            m.insert("namespace".into(), json!("samples"));
+            // Their owners do not exist here; the garbage collector would delete them.
+            m.remove("ownerReferences");
+        }
+        if let Some(o) = sample.as_object_mut() {
+            o.remove("status");
+        }
+        k.apply(&sample).with_context(|| what.clone())?;
+        let (group, own) = sample["apiVersion"]
+            .as_str()
+            .and_then(|a| a.rsplit_once('/'))
+            .context("apiVersion")?;
+        let kind = sample["kind"].as_str().context("kind")?;
+        let plural = format!("{}s", kind.to_lowercase());
+        let name = sample["metadata"]["name"].as_str().context("name")?;
+        let versions = smidge_controller::convert::kind_versions(group, kind)
+            .context("kind")?
+            .versions;
+        for version in versions {
+            let read = k.get_in("samples", &plural, group, version, name)?;
+            let expected =
+                smidge_controller::convert::convert(&sample, &format!("{group}/{version}"))?;
+            assert_eq!(
+                body(&read),
+                body(&expected),
+                "{what} read in {version}: {read}"
+            );
+            assert_eq!(
+                conversion_data(&read),
+                conversion_data(&expected),
+                "{what} read in {version}"
+            );
+            if *version == own {
+                assert_eq!(body(&read), body(&sample), "{what}");
+                assert!(conversion_data(&read).is_null(), "{what}: {read}");
+            }
+        }
+    }
 
     // A weight that is no quantity: refused, naming the object and the field.
     let bad = json!({"apiVersion": "split.smi-spec.io/v1alpha1", "kind": "TrafficSplit",
