@@ -281,6 +281,11 @@ pub fn convert(object: &Value, desired_api_version: &str) -> Result<Value, Conve
 /// split's `matches`). `None` when `object` says all there is. Readers use this so that an
 /// object means the same whichever version it is stored or read in.
 pub fn as_written(object: &Value) -> Option<Value> {
+    // Most objects never went through a lossy conversion: no copy for them.
+    object
+        .get("metadata")?
+        .get("annotations")?
+        .get(ANNOTATION)?;
     let p = parts(object).ok()?;
     if p.snapshots.is_empty() {
         return None;
