@@ -221,6 +221,37 @@ fn every_smi_version_is_served_through_the_conversion_webhook() -> anyhow::Resul
     }
     k.ok(&["create", "namespace", "shop"])?;
 
+    // A reinstall that drops the bundles is repaired by the task the controller runs.
+    let bundle = |k: &K| -> anyhow::Result<String> {
+        k.ok(&[
+            "get",
+            "crd",
+            "trafficsplits.split.smi-spec.io",
+            "-o",
+            "jsonpath={.spec.conversion.webhook.clientConfig.caBundle}",
+        ])
+    };
+    let set = bundle(&k)?;
+    assert!(!set.is_empty());
+    k.ok(&[
+        "patch",
+        "crd",
+        "trafficsplits.split.smi-spec.io",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/conversion/webhook/clientConfig/caBundle"}]"#,
+    ])?;
+    assert_eq!(bundle(&k)?, "");
+    let client = rt.block_on(control_plane::client(&plane.kubeconfig()))?;
+    let maintainer = rt.spawn(webhook::maintain_ca_bundle(
+        client,
+        authority.anchor_pem.clone(),
+        Duration::from_millis(500),
+    ));
+    until("the caBundle put back", || {
+        Ok((bundle(&k)? == set).then_some(()))
+    })?;
+
     // A v1alpha1 TrafficSplit with quantity weights (as linkerd-smi users write it).
     let old_split = json!({"apiVersion": "split.smi-spec.io/v1alpha1", "kind": "TrafficSplit",
         "metadata": {"name": "web", "namespace": "shop"},
@@ -393,6 +424,7 @@ fn every_smi_version_is_served_through_the_conversion_webhook() -> anyhow::Resul
     })?;
     assert!(lost.get("matches").is_none(), "{lost}");
 
+    maintainer.abort();
     server.abort();
     drop(rt);
     plane.stop()?;

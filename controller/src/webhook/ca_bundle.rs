@@ -86,3 +86,25 @@ pub async fn ensure_ca_bundle(client: kube::Client, ca_pem: &str) -> anyhow::Res
         anyhow::bail!("{}", errors.join("; "))
     }
 }
+
+/// Keeps the `caBundle` of every converting SMI CRD at `ca_pem` for as long as it runs: checks
+/// every `every` (a reinstall of the CRDs, by `helm upgrade` say, drops the bundle), and retries
+/// failures with a backoff from 1 s to `every`. Run it as a task on every replica: the check
+/// writes only when a bundle differs.
+pub async fn maintain_ca_bundle(client: kube::Client, ca_pem: String, every: std::time::Duration) {
+    let first_backoff = std::time::Duration::from_secs(1).min(every);
+    let mut backoff = first_backoff;
+    loop {
+        match ensure_ca_bundle(client.clone(), &ca_pem).await {
+            Ok(_) => {
+                backoff = first_backoff;
+                tokio::time::sleep(every).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot set the conversion webhook's caBundle");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(every);
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ pub mod cert;
 pub mod review;
 pub mod server;
 
-pub use ca_bundle::ensure_ca_bundle;
+pub use ca_bundle::{ensure_ca_bundle, maintain_ca_bundle};
 pub use cert::{service_names, serving_cert};
 pub use review::review;
 pub use server::serve;
