@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod compile;
+pub mod convert;
 pub mod core;
 pub mod crds;
 pub mod diagnose;
@@ -18,3 +19,4 @@ pub mod model;
 pub mod provider;
 pub mod push;
 pub mod smi;
+pub mod webhook;

@@ -55,12 +55,12 @@ fn crds_use_upstream_group_names_short_names_and_served_versions() {
                 "{name}: names.{field}"
             );
         }
-        let served = |crd: &Value| -> Vec<(String, bool)> {
+        let versions = |crd: &Value, served_only: bool| -> Vec<(String, bool)> {
             crd["spec"]["versions"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|v| v["served"] == Value::Bool(true))
+                .filter(|v| !served_only || v["served"] == Value::Bool(true))
                 .map(|v| {
                     (
                         v["name"].as_str().unwrap().to_string(),
@@ -69,12 +69,71 @@ fn crds_use_upstream_group_names_short_names_and_served_versions() {
                 })
                 .collect()
         };
+        // Upstream serves only the newest version; smidge serves every version (converting
+        // through its webhook) and stores the one upstream stores.
+        let ours_served = versions(&ours, true);
         assert_eq!(
-            served(&ours),
-            served(&theirs),
-            "{name}: served versions and storage"
+            ours_served,
+            versions(&ours, false),
+            "{name}: every version served"
         );
+        let storage = |vs: &[(String, bool)]| -> Vec<String> {
+            vs.iter()
+                .filter(|(_, s)| *s)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        assert_eq!(
+            storage(&ours_served),
+            storage(&versions(&theirs, true)),
+            "{name}: storage version"
+        );
+        for (version, _) in versions(&theirs, false) {
+            assert!(
+                ours_served.iter().any(|(v, _)| *v == version),
+                "{name}: upstream lists {version}, smidge does not serve it"
+            );
+        }
+        let kind = ours["spec"]["names"]["kind"].as_str().unwrap();
+        let group = ours["spec"]["group"].as_str().unwrap();
+        let expected = smidge_controller::convert::kind_versions(group, kind).unwrap();
+        assert_eq!(
+            ours_served
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>(),
+            expected.versions,
+            "{name}"
+        );
+        let conversion = &ours["spec"]["conversion"];
+        if expected.versions.len() > 1 {
+            assert_eq!(conversion["strategy"], "Webhook", "{name}");
+            assert_eq!(
+                conversion["webhook"]["clientConfig"]["service"],
+                serde_json::json!({"namespace": "smidge-system", "name": "smidge-controller", "path": "/convert", "port": 443}),
+                "{name}"
+            );
+        } else {
+            assert_eq!(conversion["strategy"], "None", "{name}");
+        }
+        for v in ours["spec"]["versions"].as_array().unwrap() {
+            assert_eq!(v["subresources"]["status"], serde_json::json!({}), "{name}");
+            let conditions =
+                &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                serde_json::json!(["type"])
+            );
+            let columns: Vec<&str> = v["additionalPrinterColumns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap())
+                .collect();
+            assert!(columns.contains(&"Accepted"), "{name}: {columns:?}");
+        }
     }
+    assert_eq!(crds::all().len(), 5, "one CRD per SMI kind");
 }
 
 fn conformance_files() -> Vec<PathBuf> {
@@ -96,22 +155,27 @@ fn conformance_files() -> Vec<PathBuf> {
 fn every_smi_object_of_the_upstream_conformance_steps_validates_against_our_schemas() {
     let schemas: Vec<(String, String, Value)> = crds::all()
         .into_iter()
-        .map(|(_, crd)| {
-            let v = &crd.spec.versions[0];
-            let schema = serde_json::to_value(
-                v.schema
-                    .as_ref()
-                    .unwrap()
-                    .open_api_v3_schema
-                    .as_ref()
-                    .unwrap(),
-            )
-            .unwrap();
-            (
-                format!("{}/{}", crd.spec.group, v.name),
-                crd.spec.names.kind.clone(),
-                schema,
-            )
+        .flat_map(|(_, crd)| {
+            crd.spec
+                .versions
+                .iter()
+                .map(|v| {
+                    let schema = serde_json::to_value(
+                        v.schema
+                            .as_ref()
+                            .unwrap()
+                            .open_api_v3_schema
+                            .as_ref()
+                            .unwrap(),
+                    )
+                    .unwrap();
+                    (
+                        format!("{}/{}", crd.spec.group, v.name),
+                        crd.spec.names.kind.clone(),
+                        schema,
+                    )
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     let mut checked = 0;

@@ -150,9 +150,22 @@ impl Authority {
 
     /// The controller's own TLS identity for the control channel, under the DNS name `name`.
     pub fn server_config(&self, name: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        self.server_config_for(&[name])
+    }
+
+    /// Like [`server_config`](Self::server_config), for several names: DNS names or IP
+    /// addresses (the conversion webhook's Service names, or `127.0.0.1` in tests).
+    pub fn server_config_for(&self, names: &[&str]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let key = KeyPair::generate()?;
         let now = OffsetDateTime::now_utc();
-        let (mut params, _) = self.params(vec![SanType::DnsName(name.try_into()?)], now);
+        let sans = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (mut params, _) = self.params(sans, now);
         params.not_after = OffsetDateTime::from_unix_timestamp(self.issuer_not_after)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer)?;

@@ -112,7 +112,28 @@ pub struct ReadSmi {
 
 /// Reads `value` as an SMI object of `group`/`version`/`kind`. `None` when it is no SMI kind smidge
 /// reads (for example `TrafficMetrics`); `Some(Err)` when the object is invalid.
+///
+/// An object that a conversion left with a current body of its original version (a v1alpha2
+/// `destination.port` stored in v1alpha3) is read as that body, so it means what its author wrote
+/// whichever version it is read in ([`crate::convert::as_written`]).
 pub fn read(
+    group: &str,
+    version: &str,
+    kind: &str,
+    value: Value,
+    own_ns: &str,
+) -> Option<Result<ReadSmi, Findings>> {
+    if let Some(written) = crate::convert::as_written(&value) {
+        let api_version = written.get("apiVersion").and_then(Value::as_str);
+        if let Some((g, v)) = api_version.and_then(|a| a.rsplit_once('/')) {
+            let (g, v) = (g.to_string(), v.to_string());
+            return read_as(&g, &v, kind, written, own_ns);
+        }
+    }
+    read_as(group, version, kind, value, own_ns)
+}
+
+fn read_as(
     group: &str,
     version: &str,
     kind: &str,

@@ -189,14 +189,24 @@ fn build<B>(
 }
 
 impl v1alpha1::TrafficSplit {
+    /// Quantity weights become whole weights with the same ratios, exactly as the conversion to
+    /// the newer versions makes them, so both read the same.
     pub fn to_model(&self) -> Result<TrafficSplit, Findings> {
         let s = &self.spec;
+        let quantities: Vec<NumberOrString> = s.backends.iter().map(|b| b.weight.clone()).collect();
+        let whole = crate::convert::weights::from_quantities(&quantities);
         build(
             &s.service,
             &s.backends,
             &[],
             |b| &b.service,
-            |b| quantity_weight_milli(&b.weight),
+            |b| {
+                let at = s.backends.iter().position(|o| std::ptr::eq(o, b));
+                match (&whole, at) {
+                    (Ok(w), Some(i)) => w.get(i).copied().ok_or_else(|| "no weight".to_string()),
+                    _ => quantity_weight_milli(&b.weight),
+                }
+            },
         )
     }
 }
