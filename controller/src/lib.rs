@@ -18,3 +18,4 @@ pub mod model;
 pub mod provider;
 pub mod push;
 pub mod smi;
+pub mod status;

@@ -1,0 +1,373 @@
+//! The status writer: while this replica holds the Lease, server-side applies each SMI object's
+//! `status.conditions` (field manager [`FIELD_MANAGER`]) and publishes its due Warning Events.
+//! It runs as its own task and never blocks anything else: every replica keeps serving proxies,
+//! and a write that fails is retried on the next pass.
+//!
+//! Only what changed is written: an object whose desired report equals the one last written is
+//! skipped without a request; otherwise the object is read (uid, generation, current conditions),
+//! the conditions merged (transition times kept) and applied only when they differ.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManager;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::model::{Kind, ObjectId};
+use crate::status::conditions::{merge, Report, Snapshot};
+use crate::status::events::Emitted;
+use crate::status::leader::{self, LeaseConfig};
+
+/// The field manager of every status write (and the Events' reporting controller).
+pub const FIELD_MANAGER: &str = "smidge-controller";
+
+/// Where the Lease lives and how often to pass.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub lease: LeaseConfig,
+    /// A pass also runs this often without a new snapshot (retries failed writes).
+    pub resync: Duration,
+}
+
+impl Config {
+    /// Lease `smidge-system/smidge-controller-status`, 15 s terms renewed 5 s before expiry,
+    /// a resync every 30 s.
+    pub fn new(identity: impl Into<String>) -> Config {
+        Config {
+            lease: LeaseConfig {
+                namespace: "smidge-system".into(),
+                name: "smidge-controller-status".into(),
+                identity: identity.into(),
+                duration: Duration::from_secs(15),
+                grace: Duration::from_secs(5),
+            },
+            resync: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running writer. Dropping it stops it at once without giving the Lease up (as a crash
+/// would: another replica takes over when the term ends); [`StatusWriter::shutdown`] gives it up.
+pub struct StatusWriter {
+    task: JoinHandle<()>,
+    lease_task: LeaseTask,
+    writing: watch::Receiver<bool>,
+    writes: Arc<AtomicU64>,
+}
+
+impl StatusWriter {
+    /// Starts the writer on the snapshots `snapshots` publishes (the latest is what counts).
+    pub fn spawn(
+        client: Client,
+        config: Config,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> StatusWriter {
+        let (writing_tx, writing) = watch::channel(false);
+        let writes = Arc::new(AtomicU64::new(0));
+        let lease_task = Arc::new(Mutex::new(None));
+        let run = Run {
+            client,
+            config,
+            writing: writing_tx,
+            writes: writes.clone(),
+            written: HashMap::new(),
+            emitted: Emitted::default(),
+        };
+        let task = tokio::spawn(run.run(snapshots, lease_task.clone()));
+        StatusWriter {
+            task,
+            lease_task,
+            writing,
+            writes,
+        }
+    }
+
+    /// Whether the last pass ran as the Lease holder.
+    pub fn leading(&self) -> bool {
+        *self.writing.borrow()
+    }
+
+    /// A channel that says whether this replica writes (it flips on each gain or loss).
+    pub fn leading_changes(&self) -> watch::Receiver<bool> {
+        self.writing.clone()
+    }
+
+    /// How many status writes (server-side applies) this writer made.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Stops writing and gives the Lease up, so another replica takes over at once.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        let lease_task = self.lease_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = lease_task {
+            // The lease task sees its channel closed, releases the Lease and ends.
+            match handle.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "releasing the status Lease"),
+                Err(e) => tracing::warn!(error = %e, "the status Lease task failed"),
+            }
+        }
+    }
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        // The lease task first, so it cannot release the Lease when the writer's channel closes.
+        if let Ok(mut t) = self.lease_task.lock() {
+            if let Some(handle) = t.take() {
+                handle.abort();
+            }
+        }
+        self.task.abort();
+    }
+}
+
+struct Run {
+    client: Client,
+    config: Config,
+    writing: watch::Sender<bool>,
+    writes: Arc<AtomicU64>,
+    /// The report last written per object, with the uid it was written on.
+    written: HashMap<ObjectId, (String, Report)>,
+    emitted: Emitted,
+}
+
+/// The lease manager's task, once started (shared so dropping the writer can abort it).
+type LeaseTask = Arc<Mutex<Option<JoinHandle<kube_lease_manager::Result<LeaseManager>>>>>;
+
+impl Run {
+    async fn run(mut self, mut snapshots: watch::Receiver<Arc<Snapshot>>, lease_task: LeaseTask) {
+        let mut backoff = Duration::from_millis(500);
+        let manager = loop {
+            match leader::manager(self.client.clone(), &self.config.lease).await {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "status writer waits for its Lease");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let (mut leading, handle) = manager.watch().await;
+        let abort: AbortHandle = handle.abort_handle();
+        match lease_task.lock() {
+            Ok(mut slot) => *slot = Some(handle),
+            Err(_) => abort.abort(),
+        }
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let claimed = *leading.borrow_and_update();
+            self.pass(&snapshot, claimed).await;
+            tokio::select! {
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        tracing::error!("the status Lease task ended; status is no longer written");
+                        self.writing.send_replace(false);
+                        return;
+                    }
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(self.config.resync) => {}
+            }
+        }
+    }
+
+    /// One pass: writes what changed if this replica holds the Lease now.
+    async fn pass(&mut self, snapshot: &Snapshot, claimed: bool) {
+        let holds = claimed
+            && match leader::holds(&self.client, &self.config.lease).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot confirm the status Lease; not writing");
+                    false
+                }
+            };
+        if !holds {
+            if self.writing.send_replace(false) {
+                tracing::info!(identity = %self.config.lease.identity, "no longer writing status");
+            }
+            // The next leader writes; when this replica leads again it starts afresh.
+            self.written.clear();
+            self.emitted.clear();
+            return;
+        }
+        if !self.writing.send_replace(true) {
+            tracing::info!(identity = %self.config.lease.identity, "writing status (Lease holder)");
+        }
+        self.written
+            .retain(|id, _| snapshot.reports.contains_key(id));
+        self.emitted.retain(|id| snapshot.reports.contains_key(id));
+        for (id, report) in &snapshot.reports {
+            if self.written.get(id).is_some_and(|(_, r)| r == report) {
+                continue;
+            }
+            match self.write(id, report).await {
+                Ok(Some(uid)) => {
+                    self.written.insert(id.clone(), (uid, report.clone()));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(object = %id, error = %e, "writing status; retried on the next pass")
+                }
+            }
+        }
+    }
+
+    /// Writes one object's status and Events; the uid written on, or `None` when the object is
+    /// gone from the API server.
+    async fn write(&mut self, id: &ObjectId, report: &Report) -> anyhow::Result<Option<String>> {
+        let resource = api_resource(id.kind, &report.api_version).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{id} ({}) is not an SMI kind smidge writes status on",
+                report.api_version
+            )
+        })?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &id.key.namespace, &resource);
+        let Some(current) = api
+            .get_opt(&id.key.name)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading {id}: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let uid = current.metadata.uid.clone().unwrap_or_default();
+        let previous = current_conditions(&current);
+        let generation = report.generation.or(current.metadata.generation);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let conditions = merge(&previous, &report.conditions, generation, &now);
+        if conditions != previous {
+            let body = serde_json::json!({
+                "apiVersion": resource.api_version,
+                "kind": resource.kind,
+                "metadata": {"name": id.key.name, "namespace": id.key.namespace},
+                "status": {"conditions": conditions},
+            });
+            api.patch_status(
+                &id.key.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("applying the status of {id}: {e}"))?;
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(object = %id, "status written");
+        }
+        let due = self.emitted.due(id, &uid, &report.notes);
+        if !due.is_empty() {
+            let reference = ObjectReference {
+                api_version: Some(resource.api_version.clone()),
+                kind: Some(resource.kind.clone()),
+                name: Some(id.key.name.clone()),
+                namespace: Some(id.key.namespace.clone()),
+                uid: current.metadata.uid.clone(),
+                ..Default::default()
+            };
+            for note in due {
+                // A recorder per Event: kube's groups Events by reason alone into a series, which
+                // would fold two different problems with one reason into one Event.
+                let recorder = Recorder::new(
+                    self.client.clone(),
+                    Reporter {
+                        controller: FIELD_MANAGER.into(),
+                        instance: Some(self.config.lease.identity.clone()),
+                    },
+                );
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: note.reason.clone(),
+                    note: Some(note.message.clone()),
+                    action: "Check".into(),
+                    secondary: None,
+                };
+                recorder
+                    .publish(&event, &reference)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("publishing an Event on {id}: {e}"))?;
+                self.emitted.published(id, note);
+            }
+        }
+        Ok(Some(uid))
+    }
+}
+
+/// The conditions `obj` carries now (none when it has none or they do not read as conditions).
+fn current_conditions(obj: &DynamicObject) -> Vec<Condition> {
+    let Some(value) = obj.data.get("status").and_then(|s| s.get("conditions")) else {
+        return Vec::new();
+    };
+    match serde_json::from_value(value.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(object = ?obj.metadata.name, error = %e, "unreadable status.conditions; replacing them");
+            Vec::new()
+        }
+    }
+}
+
+/// The API resource of an SMI kind in `api_version` (`group/version`).
+pub fn api_resource(kind: Kind, api_version: &str) -> Option<ApiResource> {
+    let (group, version) = api_version.split_once('/')?;
+    let plural = match kind {
+        Kind::TrafficTarget => "traffictargets",
+        Kind::HttpRouteGroup => "httproutegroups",
+        Kind::TcpRoute => "tcproutes",
+        Kind::UdpRoute => "udproutes",
+        Kind::TrafficSplit => "trafficsplits",
+        _ => return None,
+    };
+    Some(ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.as_str().into(),
+        plural: plural.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_resources_of_smi_kinds_only() {
+        let r = api_resource(Kind::TrafficSplit, "split.smi-spec.io/v1alpha4").unwrap();
+        assert_eq!(
+            (
+                r.group.as_str(),
+                r.version.as_str(),
+                r.plural.as_str(),
+                r.kind.as_str()
+            ),
+            (
+                "split.smi-spec.io",
+                "v1alpha4",
+                "trafficsplits",
+                "TrafficSplit"
+            )
+        );
+        assert_eq!(
+            api_resource(Kind::HttpRouteGroup, "specs.smi-spec.io/v1alpha4")
+                .unwrap()
+                .plural,
+            "httproutegroups"
+        );
+        assert!(api_resource(Kind::Service, "v1").is_none());
+        assert!(api_resource(Kind::TrafficSplit, "nogroup").is_none());
+    }
+}
