@@ -240,7 +240,15 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
 
     // Exactly one replica leads and writes; the status is the writer's (server-side apply).
     let (leader, follower) = if a.leading() { (a, b) } else { (b, a) };
-    assert!(leader.leading() && !follower.leading());
+    assert!(
+        leader.leading() && !follower.leading(),
+        "leading: {} {}, writes: {} {}, lease: {}",
+        leader.leading(),
+        follower.leading(),
+        leader.writes(),
+        follower.writes(),
+        kubectl.ok(&["-n", "smidge-system", "get", "lease", "-o", "yaml"])?
+    );
     assert!(leader.writes() >= 1);
     assert_eq!(follower.writes(), 0, "only the Lease holder writes");
     let with_managers = kubectl.json(&[

@@ -22,17 +22,28 @@ pub struct LeaseConfig {
     pub grace: Duration,
 }
 
-/// The field manager of the Lease writes.
-pub const LEASE_FIELD_MANAGER: &str = "smidge-controller-lease";
+/// The field manager of one replica's Lease writes. One per replica: claiming a free Lease is a
+/// server-side apply of `holderIdentity`, and only a conflict between two managers stops two
+/// replicas claiming it at once (one shared manager let both "win").
+pub fn lease_field_manager(identity: &str) -> String {
+    format!("smidge-controller-lease-{identity}")
+}
 
 /// A lease manager for `config` (creates the Lease when absent).
 pub async fn manager(client: Client, config: &LeaseConfig) -> anyhow::Result<LeaseManager> {
+    if config.grace >= config.duration {
+        anyhow::bail!(
+            "the Lease renew grace ({:?}) must be shorter than its duration ({:?})",
+            config.grace,
+            config.duration
+        );
+    }
     let params = LeaseParams::new(
         config.identity.clone(),
         config.duration.as_secs().max(1),
         config.grace.as_secs(),
     )
-    .with_field_manager(LEASE_FIELD_MANAGER);
+    .with_field_manager(lease_field_manager(&config.identity));
     LeaseManagerBuilder::new(client, config.name.clone())
         .with_namespace(config.namespace.clone())
         .with_parameters(params)
@@ -41,32 +52,30 @@ pub async fn manager(client: Client, config: &LeaseConfig) -> anyhow::Result<Lea
         .map_err(|e| anyhow::anyhow!("setting up Lease {}/{}: {e}", config.namespace, config.name))
 }
 
-/// Whether `lease` names `identity` as holder and its term (last renewal + duration, by this
-/// replica's clock) has not ended at `now`.
-pub fn held_by(lease: &Lease, identity: &str, now: SystemTime) -> bool {
-    let Some(spec) = &lease.spec else {
-        return false;
-    };
+/// When the term of `identity` on `lease` ends (last renewal + duration), if it holds the Lease.
+pub fn term_end(lease: &Lease, identity: &str) -> Option<SystemTime> {
+    let spec = lease.spec.as_ref()?;
     if spec.holder_identity.as_deref() != Some(identity) {
-        return false;
+        return None;
     }
-    let (Some(renewed), Some(secs)) = (&spec.renew_time, spec.lease_duration_seconds) else {
-        return false;
-    };
-    let Ok(secs) = u64::try_from(secs) else {
-        return false;
-    };
-    let renewed: SystemTime = renewed.0.into();
-    renewed + Duration::from_secs(secs) > now
+    let secs = u64::try_from(spec.lease_duration_seconds?).ok()?;
+    let renewed: SystemTime = spec.renew_time.as_ref()?.0.into();
+    renewed.checked_add(Duration::from_secs(secs))
 }
 
-/// Reads the Lease and says whether this replica holds it now.
-pub async fn holds(client: &Client, config: &LeaseConfig) -> anyhow::Result<bool> {
+/// Whether `lease` names `identity` as holder and its term has not ended at `now` (by this
+/// replica's clock).
+pub fn held_by(lease: &Lease, identity: &str, now: SystemTime) -> bool {
+    term_end(lease, identity).is_some_and(|end| end > now)
+}
+
+/// Reads the Lease: the end of this replica's current term, or `None` when it does not hold it.
+pub async fn holds(client: &Client, config: &LeaseConfig) -> anyhow::Result<Option<SystemTime>> {
     let lease = Api::<Lease>::namespaced(client.clone(), &config.namespace)
         .get(&config.name)
         .await
         .map_err(|e| anyhow::anyhow!("reading Lease {}/{}: {e}", config.namespace, config.name))?;
-    Ok(held_by(&lease, &config.identity, SystemTime::now()))
+    Ok(term_end(&lease, &config.identity).filter(|end| *end > SystemTime::now()))
 }
 
 #[cfg(test)]
@@ -110,5 +119,17 @@ mod tests {
         assert!(!held_by(&Lease::default(), "a", at("2026-01-01T00:00:01Z")));
         let negative = lease(Some("a"), "2026-01-01T00:00:00Z", -1);
         assert!(!held_by(&negative, "a", at("2026-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn each_replica_claims_under_its_own_field_manager() {
+        assert_ne!(lease_field_manager("a"), lease_field_manager("b"));
+    }
+
+    #[test]
+    fn the_term_ends_a_duration_after_the_last_renewal() {
+        let l = lease(Some("a"), "2026-01-01T00:00:00Z", 15);
+        assert_eq!(term_end(&l, "a"), Some(at("2026-01-01T00:00:15Z")));
+        assert_eq!(term_end(&l, "b"), None);
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -138,8 +138,8 @@ struct Run {
     config: Config,
     writing: watch::Sender<bool>,
     writes: Arc<AtomicU64>,
-    /// The report last written per object, with the uid it was written on.
-    written: HashMap<ObjectId, (String, Report)>,
+    /// The report last written per object: an equal one needs no request.
+    written: HashMap<ObjectId, Report>,
     emitted: Emitted,
 }
 
@@ -167,8 +167,12 @@ impl Run {
         }
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            let claimed = *leading.borrow_and_update();
-            self.pass(&snapshot, claimed).await;
+            leading.borrow_and_update();
+            if !self.pass(&snapshot, &leading).await {
+                // Stopped at the end of the term read: confirm the renewed term and go on.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             tokio::select! {
                 changed = leading.changed() => {
                     if changed.is_err() {
@@ -187,25 +191,34 @@ impl Run {
         }
     }
 
-    /// One pass: writes what changed if this replica holds the Lease now.
-    async fn pass(&mut self, snapshot: &Snapshot, claimed: bool) {
-        let holds = claimed
-            && match leader::holds(&self.client, &self.config.lease).await {
-                Ok(h) => h,
+    /// One pass: writes what changed while this replica holds the Lease. The Lease is read
+    /// first; the pass stops when the lease manager reports the claim lost or the term read
+    /// then ends (less a margin for the write in flight), whichever comes first.
+    /// Says whether the pass got through (false: stopped early while still claiming the Lease).
+    async fn pass(&mut self, snapshot: &Snapshot, leading: &watch::Receiver<bool>) -> bool {
+        let term = if *leading.borrow() {
+            match leader::holds(&self.client, &self.config.lease).await {
+                Ok(end) => end,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot confirm the status Lease; not writing");
-                    false
+                    None
                 }
-            };
-        if !holds {
+            }
+        } else {
+            None
+        };
+        let Some(term_end) = term else {
             if self.writing.send_replace(false) {
                 tracing::info!(identity = %self.config.lease.identity, "no longer writing status");
             }
             // The next leader writes; when this replica leads again it starts afresh.
             self.written.clear();
             self.emitted.clear();
-            return;
-        }
+            return true;
+        };
+        let stop_at = term_end
+            .checked_sub(self.config.lease.grace / 2)
+            .unwrap_or(term_end);
         if !self.writing.send_replace(true) {
             tracing::info!(identity = %self.config.lease.identity, "writing status (Lease holder)");
         }
@@ -213,24 +226,30 @@ impl Run {
             .retain(|id, _| snapshot.reports.contains_key(id));
         self.emitted.retain(|id| snapshot.reports.contains_key(id));
         for (id, report) in &snapshot.reports {
-            if self.written.get(id).is_some_and(|(_, r)| r == report) {
+            if self.written.get(id).is_some_and(|r| r == report) {
                 continue;
             }
+            if !*leading.borrow() {
+                return true;
+            }
+            if SystemTime::now() >= stop_at {
+                return false;
+            }
             match self.write(id, report).await {
-                Ok(Some(uid)) => {
-                    self.written.insert(id.clone(), (uid, report.clone()));
+                Ok(true) => {
+                    self.written.insert(id.clone(), report.clone());
                 }
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(object = %id, error = %e, "writing status; retried on the next pass")
                 }
             }
         }
+        true
     }
 
-    /// Writes one object's status and Events; the uid written on, or `None` when the object is
-    /// gone from the API server.
-    async fn write(&mut self, id: &ObjectId, report: &Report) -> anyhow::Result<Option<String>> {
+    /// Writes one object's status and Events; false when the object is gone from the API server.
+    async fn write(&mut self, id: &ObjectId, report: &Report) -> anyhow::Result<bool> {
         let resource = api_resource(id.kind, &report.api_version).ok_or_else(|| {
             anyhow::anyhow!(
                 "{id} ({}) is not an SMI kind smidge writes status on",
@@ -244,7 +263,7 @@ impl Run {
             .await
             .map_err(|e| anyhow::anyhow!("reading {id}: {e}"))?
         else {
-            return Ok(None);
+            return Ok(false);
         };
         let uid = current.metadata.uid.clone().unwrap_or_default();
         let previous = current_conditions(&current);
@@ -302,7 +321,7 @@ impl Run {
                 self.emitted.published(id, note);
             }
         }
-        Ok(Some(uid))
+        Ok(true)
     }
 }
 
