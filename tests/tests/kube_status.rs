@@ -22,6 +22,8 @@ use tokio::sync::watch;
 
 /// The writers' Lease term: the longest a dead leader's term can last.
 const LEASE: Duration = Duration::from_secs(6);
+/// How often the leader lists what it wrote to find status lost behind its back.
+const VERIFY: Duration = Duration::from_secs(2);
 /// How long a condition may take to show once the leader writes.
 const SHOWS: Duration = Duration::from_secs(30);
 
@@ -44,7 +46,7 @@ fn crds_with_status() -> anyhow::Result<String> {
     Ok(docs.join("\n---\n"))
 }
 
-/// Exactly what the status writer needs: read SMI objects, patch their status, create Events,
+/// Exactly what the status writer needs: read (get, list) SMI objects, patch their status, create Events,
 /// and claim its Lease in `smidge-system`.
 const RBAC: &str = r#"
 apiVersion: v1
@@ -57,7 +59,7 @@ metadata: {name: smidge-status-writer}
 rules:
 - apiGroups: [split.smi-spec.io, access.smi-spec.io, specs.smi-spec.io]
   resources: [trafficsplits, traffictargets, httproutegroups, tcproutes, udproutes]
-  verbs: [get]
+  verbs: [get, list]
 - apiGroups: [split.smi-spec.io, access.smi-spec.io, specs.smi-spec.io]
   resources: [trafficsplits/status, traffictargets/status, httproutegroups/status, tcproutes/status, udproutes/status]
   verbs: [patch]
@@ -176,6 +178,7 @@ fn writer_config(identity: &str) -> Config {
     config.lease.duration = LEASE;
     config.lease.grace = Duration::from_secs(2);
     config.resync = Duration::from_millis(500);
+    config.verify = VERIFY;
     config
 }
 
@@ -291,6 +294,18 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
     assert_eq!(accepted["lastTransitionTime"], accepted_since);
     assert_eq!(events(&kubectl, "BackendNotFound")?.len(), 1);
     assert_eq!(follower.writes(), 0);
+
+    // Deleted and created again between two snapshots (the same desired status, so nothing new
+    // to write as far as the snapshots go): the leader's verification finds the new object
+    // without status and writes it.
+    kubectl.ok(&["-n", "shop", "delete", "trafficsplit", "web"])?;
+    kubectl.apply(SERVICES)?;
+    kubectl.until(SHOWS, "status on the re-created shop/web", |k| {
+        let split = k.json(&["-n", "shop", "get", "trafficsplit", "web"])?;
+        Ok(condition(&split, "ResolvedRefs")
+            .filter(|c| c["status"] == "True")
+            .map(|_| ()))
+    })?;
 
     // The leader dies (dropped without giving the Lease up): the other replica takes over
     // within the Lease term and writes the next change.

@@ -40,8 +40,6 @@ pub struct Note {
 /// What one SMI object's status and Events should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
-    /// The API version to address the object in.
-    pub api_version: String,
     /// `metadata.generation` of the object these conditions were computed from, when the provider
     /// knows it; otherwise the writer uses the generation it reads.
     pub generation: Option<i64>,
@@ -59,7 +57,6 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
     pub id: ObjectId,
-    pub api_version: String,
     pub findings: Vec<Finding>,
 }
 
@@ -101,7 +98,6 @@ pub fn snapshot(
         reports.insert(
             obj.id.clone(),
             Report {
-                api_version: obj.api_version.clone(),
                 generation: generation(&obj.id),
                 conditions: wants(obj.id.kind, &found),
                 notes: found.into_iter().map(|(_, n)| n).collect(),
@@ -117,7 +113,6 @@ pub fn snapshot(
         reports.insert(
             r.id.clone(),
             Report {
-                api_version: r.api_version.clone(),
                 generation: generation(&r.id),
                 conditions: wants(r.id.kind, &found),
                 notes: found.into_iter().map(|(_, n)| n).collect(),
@@ -566,7 +561,6 @@ spec: {matches: [{name: all, pathRegex: '.*'}]}
             &Index::default(),
             &[Refused {
                 id: id.clone(),
-                api_version: "split.smi-spec.io/v1alpha4".into(),
                 findings: vec![Finding::new(
                     "spec.backends[0].weight",
                     "must not be negative",

@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
@@ -36,11 +36,14 @@ pub struct Config {
     pub lease: LeaseConfig,
     /// A pass also runs this often without a new snapshot (retries failed writes).
     pub resync: Duration,
+    /// This often the leader lists every SMI object and rewrites those whose status is not what
+    /// it last wrote (changed by someone else, or the object deleted and created again).
+    pub verify: Duration,
 }
 
 impl Config {
     /// Lease `smidge-system/smidge-controller-status`, 15 s terms renewed 5 s before expiry,
-    /// a resync every 30 s.
+    /// a resync every 30 s, a verification every 5 min.
     pub fn new(identity: impl Into<String>) -> Config {
         Config {
             lease: LeaseConfig {
@@ -51,6 +54,7 @@ impl Config {
                 grace: Duration::from_secs(5),
             },
             resync: Duration::from_secs(30),
+            verify: Duration::from_secs(300),
         }
     }
 }
@@ -81,6 +85,7 @@ impl StatusWriter {
             writes: writes.clone(),
             written: HashMap::new(),
             emitted: Emitted::default(),
+            verified_at: None,
         };
         let task = tokio::spawn(run.run(snapshots, lease_task.clone()));
         StatusWriter {
@@ -141,6 +146,8 @@ struct Run {
     /// The report last written per object: an equal one needs no request.
     written: HashMap<ObjectId, Report>,
     emitted: Emitted,
+    /// When the leader last verified what it wrote (`None`: it just started leading).
+    verified_at: Option<Instant>,
 }
 
 /// The lease manager's task, once started (shared so dropping the writer can abort it).
@@ -214,6 +221,7 @@ impl Run {
             // The next leader writes; when this replica leads again it starts afresh.
             self.written.clear();
             self.emitted.clear();
+            self.verified_at = None;
             return true;
         };
         let stop_at = term_end
@@ -221,6 +229,18 @@ impl Run {
             .unwrap_or(term_end);
         if !self.writing.send_replace(true) {
             tracing::info!(identity = %self.config.lease.identity, "writing status (Lease holder)");
+        }
+        match self.verified_at {
+            // Nothing is remembered yet: every object is read before it is written.
+            None => self.verified_at = Some(Instant::now()),
+            Some(at) if at.elapsed() >= self.config.verify => {
+                if let Err(e) = self.verify(snapshot).await {
+                    tracing::warn!(error = %e, "verifying written status; retried on the next pass");
+                } else {
+                    self.verified_at = Some(Instant::now());
+                }
+            }
+            Some(_) => {}
         }
         self.written
             .retain(|id, _| snapshot.reports.contains_key(id));
@@ -248,14 +268,49 @@ impl Run {
         true
     }
 
+    /// Lists every SMI object (in pages) and forgets having written those whose conditions are
+    /// not what the snapshot wants, so this pass writes them again.
+    async fn verify(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        for kind in SMI_KINDS {
+            let Some(resource) = api_resource(kind) else {
+                continue;
+            };
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            let mut params = ListParams::default().limit(500);
+            loop {
+                let page = api
+                    .list(&params)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("listing {}: {e}", resource.plural))?;
+                for obj in &page.items {
+                    let id = ObjectId::new(
+                        kind,
+                        obj.metadata.namespace.clone().unwrap_or_default(),
+                        obj.metadata.name.clone().unwrap_or_default(),
+                    );
+                    let Some(report) = snapshot.reports.get(&id) else {
+                        continue;
+                    };
+                    let previous = current_conditions(obj);
+                    let generation = report.generation.or(obj.metadata.generation);
+                    if merge(&previous, &report.conditions, generation, &now) != previous {
+                        self.written.remove(&id);
+                    }
+                }
+                match page.metadata.continue_ {
+                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one object's status and Events; false when the object is gone from the API server.
     async fn write(&mut self, id: &ObjectId, report: &Report) -> anyhow::Result<bool> {
-        let resource = api_resource(id.kind, &report.api_version).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{id} ({}) is not an SMI kind smidge writes status on",
-                report.api_version
-            )
-        })?;
+        let resource = api_resource(id.kind)
+            .ok_or_else(|| anyhow::anyhow!("{id} is not an SMI kind smidge writes status on"))?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &id.key.namespace, &resource);
         let Some(current) = api
@@ -339,23 +394,26 @@ fn current_conditions(obj: &DynamicObject) -> Vec<Condition> {
     }
 }
 
-/// The API resource of an SMI kind in `api_version` (`group/version`).
-pub fn api_resource(kind: Kind, api_version: &str) -> Option<ApiResource> {
-    let (group, version) = api_version.split_once('/')?;
-    let plural = match kind {
-        Kind::TrafficTarget => "traffictargets",
-        Kind::HttpRouteGroup => "httproutegroups",
-        Kind::TcpRoute => "tcproutes",
-        Kind::UdpRoute => "udproutes",
-        Kind::TrafficSplit => "trafficsplits",
+/// The kinds that carry status.
+const SMI_KINDS: [Kind; 5] = [
+    Kind::TrafficTarget,
+    Kind::HttpRouteGroup,
+    Kind::TcpRoute,
+    Kind::UdpRoute,
+    Kind::TrafficSplit,
+];
+
+/// The API resource of an SMI kind, in the newest version (the hub every other version
+/// converts to, so it is served whatever version the object was written in).
+pub fn api_resource(kind: Kind) -> Option<ApiResource> {
+    use crate::smi::{access, specs, split};
+    Some(match kind {
+        Kind::TrafficTarget => ApiResource::erase::<access::v1alpha3::TrafficTarget>(&()),
+        Kind::HttpRouteGroup => ApiResource::erase::<specs::v1alpha4::HTTPRouteGroup>(&()),
+        Kind::TcpRoute => ApiResource::erase::<specs::v1alpha4::TCPRoute>(&()),
+        Kind::UdpRoute => ApiResource::erase::<specs::v1alpha4::UDPRoute>(&()),
+        Kind::TrafficSplit => ApiResource::erase::<split::v1alpha4::TrafficSplit>(&()),
         _ => return None,
-    };
-    Some(ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: api_version.into(),
-        kind: kind.as_str().into(),
-        plural: plural.into(),
     })
 }
 
@@ -365,7 +423,7 @@ mod tests {
 
     #[test]
     fn api_resources_of_smi_kinds_only() {
-        let r = api_resource(Kind::TrafficSplit, "split.smi-spec.io/v1alpha4").unwrap();
+        let r = api_resource(Kind::TrafficSplit).unwrap();
         assert_eq!(
             (
                 r.group.as_str(),
@@ -380,13 +438,14 @@ mod tests {
                 "TrafficSplit"
             )
         );
-        assert_eq!(
-            api_resource(Kind::HttpRouteGroup, "specs.smi-spec.io/v1alpha4")
-                .unwrap()
-                .plural,
-            "httproutegroups"
-        );
-        assert!(api_resource(Kind::Service, "v1").is_none());
-        assert!(api_resource(Kind::TrafficSplit, "nogroup").is_none());
+        for (kind, plural) in [
+            (Kind::TrafficTarget, "traffictargets"),
+            (Kind::HttpRouteGroup, "httproutegroups"),
+            (Kind::TcpRoute, "tcproutes"),
+            (Kind::UdpRoute, "udproutes"),
+        ] {
+            assert_eq!(api_resource(kind).unwrap().plural, plural);
+        }
+        assert!(api_resource(Kind::Service).is_none());
     }
 }
