@@ -39,6 +39,8 @@ pub struct Config {
     /// This often the leader lists every SMI object and rewrites those whose status is not what
     /// it last wrote (changed by someone else, or the object deleted and created again).
     pub verify: Duration,
+    /// Passes start at least this far apart, so a burst of snapshots costs one pass.
+    pub min_interval: Duration,
 }
 
 impl Config {
@@ -55,6 +57,7 @@ impl Config {
             },
             resync: Duration::from_secs(30),
             verify: Duration::from_secs(300),
+            min_interval: Duration::from_millis(250),
         }
     }
 }
@@ -173,6 +176,7 @@ impl Run {
             Err(_) => abort.abort(),
         }
         loop {
+            let started = Instant::now();
             let snapshot = snapshots.borrow_and_update().clone();
             leading.borrow_and_update();
             if !self.pass(&snapshot, &leading).await {
@@ -195,12 +199,14 @@ impl Run {
                 }
                 _ = tokio::time::sleep(self.config.resync) => {}
             }
+            tokio::time::sleep(self.config.min_interval.saturating_sub(started.elapsed())).await;
         }
     }
 
     /// One pass: writes what changed while this replica holds the Lease. The Lease is read
     /// first; the pass stops when the lease manager reports the claim lost or the term read
     /// then ends (less a margin for the write in flight), whichever comes first.
+    ///
     /// Says whether the pass got through (false: stopped early while still claiming the Lease).
     async fn pass(&mut self, snapshot: &Snapshot, leading: &watch::Receiver<bool>) -> bool {
         let term = if *leading.borrow() {
