@@ -334,7 +334,16 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
         Ok((events(k, "BackendNotFound")?.len() == 2).then_some(()))
     })?;
 
+    // A graceful stop gives the Lease up at once.
     rt.block_on(follower.shutdown());
+    let lease = kubectl.json(&[
+        "-n",
+        "smidge-system",
+        "get",
+        "lease",
+        "smidge-controller-status",
+    ])?;
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
     plane.stop()?;
     Ok(())
 }
