@@ -104,13 +104,18 @@ kind: TrafficSplit
 metadata: {name: web, namespace: shop}
 spec:
   service: web
-  backends: [{service: web-v1, weight: 50}, {service: web-v2, weight: 50}]
+  backends: [{service: web-v1, weight: 50}, {service: web-v2, weight: 50}, {service: web-v3, weight: 50}]
 "#;
 
-const WEB_V2: &str = r#"
+const WEB_V2_V3: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web-v2, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v3, namespace: shop}
 spec: {ports: [{port: 80}]}
 "#;
 
@@ -217,7 +222,8 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
         ))
     })?;
 
-    // A missing backend: ResolvedRefs=False with its reason, Accepted=True, and one Event.
+    // Two missing backends: ResolvedRefs=False with its reason, Accepted=True, and an Event for
+    // each (one reason, two problems: two Events, not one folded series).
     let split = kubectl.until(SHOWS, "ResolvedRefs=False on shop/web", |k| {
         let split = k.json(&["-n", "shop", "get", "trafficsplit", "web"])?;
         Ok(condition(&split, "ResolvedRefs")
@@ -227,18 +233,23 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
     let refs = condition(&split, "ResolvedRefs").context("ResolvedRefs")?;
     assert_eq!(refs["reason"], "BackendNotFound", "{refs}");
     let message = refs["message"].as_str().unwrap_or_default();
-    assert!(message.contains("shop/web-v2"), "{message}");
+    assert!(
+        message.contains("shop/web-v2") && message.contains("shop/web-v3"),
+        "{message}"
+    );
     assert_eq!(refs["observedGeneration"], split["metadata"]["generation"]);
     let accepted = condition(&split, "Accepted").context("Accepted")?;
     assert_eq!(accepted["status"], "True", "{accepted}");
     let yaml = kubectl.ok(&["-n", "shop", "get", "trafficsplit", "web", "-o", "yaml"])?;
     assert!(yaml.contains("reason: BackendNotFound"), "{yaml}");
-    kubectl.until(SHOWS, "the Event in kubectl describe", |k| {
+    kubectl.until(SHOWS, "the Events in kubectl describe", |k| {
         let described = k.ok(&["-n", "shop", "describe", "trafficsplit", "web"])?;
-        Ok(
-            (described.contains("BackendNotFound") && described.contains("shop/web-v2"))
-                .then_some(()),
-        )
+        // The conditions are described too: look only at the Events section.
+        let events = described.split_once("\nEvents:").map_or("", |(_, e)| e);
+        Ok((events.contains("BackendNotFound")
+            && events.contains("shop/web-v2")
+            && events.contains("shop/web-v3"))
+        .then_some(()))
     })?;
 
     // Exactly one replica leads and writes; the status is the writer's (server-side apply).
@@ -282,7 +293,7 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
     // Fixing the object flips the condition; Accepted keeps its transition time; the Event
     // was published once although the writer passed many times since.
     let accepted_since = accepted["lastTransitionTime"].clone();
-    kubectl.apply(WEB_V2)?;
+    kubectl.apply(WEB_V2_V3)?;
     publish.send_replace(Arc::new(observe(&kubectl)?));
     let split = kubectl.until(SHOWS, "ResolvedRefs=True on shop/web", |k| {
         let split = k.json(&["-n", "shop", "get", "trafficsplit", "web"])?;
@@ -292,7 +303,7 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
     })?;
     let accepted = condition(&split, "Accepted").context("Accepted")?;
     assert_eq!(accepted["lastTransitionTime"], accepted_since);
-    assert_eq!(events(&kubectl, "BackendNotFound")?.len(), 1);
+    assert_eq!(events(&kubectl, "BackendNotFound")?.len(), 2);
     assert_eq!(follower.writes(), 0);
 
     // Deleted and created again between two snapshots (the same desired status, so nothing new
@@ -329,9 +340,9 @@ fn the_leader_writes_conditions_and_events_and_hands_over_when_it_dies() -> anyh
         handed_over < LEASE + Duration::from_secs(3),
         "hand-over took {handed_over:?}, more than the Lease term {LEASE:?} and a pass"
     );
-    // The problem came back, so its Event is due again (a second one, from the new leader).
+    // The problem came back, so its Event is due again (a third one, from the new leader).
     kubectl.until(SHOWS, "the Event again", |k| {
-        Ok((events(k, "BackendNotFound")?.len() == 2).then_some(()))
+        Ok((events(k, "BackendNotFound")?.len() == 3).then_some(()))
     })?;
 
     // A graceful stop gives the Lease up at once.
