@@ -19,4 +19,5 @@ pub mod model;
 pub mod provider;
 pub mod push;
 pub mod smi;
+pub mod status;
 pub mod webhook;
