@@ -18,7 +18,8 @@ use smidge_protocol::DefaultPolicy;
 enum ProviderKind {
     /// A directory of Kubernetes YAML, re-read on change.
     File,
-    /// The Kubernetes API (not built yet).
+    /// The Kubernetes API: watches (credentials from KUBECONFIG, ~/.kube/config or the pod's
+    /// ServiceAccount).
     Kubernetes,
 }
 
@@ -107,9 +108,7 @@ fn config(args: Args) -> anyhow::Result<runtime::Config> {
     let provider = match (args.provider, args.manifests) {
         (ProviderKind::File, Some(dir)) => runtime::Provider::File(dir),
         (ProviderKind::File, None) => anyhow::bail!("--provider file needs --manifests DIR"),
-        (ProviderKind::Kubernetes, _) => {
-            anyhow::bail!("the kubernetes provider is not built yet; use --provider file")
-        }
+        (ProviderKind::Kubernetes, _) => runtime::Provider::Kubernetes,
     };
     Ok(runtime::Config {
         provider,

@@ -2,6 +2,7 @@
 //! [`Report`]s about what it could not (fully) read.
 
 pub mod file;
+pub mod kube;
 
 use std::path::PathBuf;
 

@@ -29,6 +29,8 @@ use sources::Sources;
 pub enum Provider {
     /// A directory of Kubernetes YAML.
     File(PathBuf),
+    /// The Kubernetes API: one watch per kind.
+    Kubernetes,
 }
 
 /// Everything the runtime needs, from the flags.
@@ -48,7 +50,8 @@ type Tasks = JoinSet<anyhow::Result<()>>;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     memory::raise_open_file_limit();
-    let client = if config.identity.needs_kubernetes() {
+    let kubernetes = matches!(config.provider, Provider::Kubernetes);
+    let client = if kubernetes || config.identity.needs_kubernetes() {
         Some(
             kube::Client::try_default()
                 .await
@@ -85,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Tasks::new();
     let (tx, rx) = mpsc::channel(16);
-    let names = spawn_sources(&config.provider, &mut tasks, &tx);
+    let names = spawn_sources(&config.provider, client.as_ref(), &mut tasks, &tx)?;
     drop(tx);
     spawn_servers(
         &config,
@@ -102,11 +105,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Starts one task per source; returns their names, by source number.
 fn spawn_sources(
     provider: &Provider,
+    client: Option<&kube::Client>,
     tasks: &mut Tasks,
     tx: &mpsc::Sender<(usize, Batch)>,
-) -> Vec<String> {
-    match provider {
-        Provider::File(dir) => {
+) -> anyhow::Result<Vec<String>> {
+    match (provider, client) {
+        (Provider::File(dir), _) => {
             let name = format!("file {}", dir.display());
             let (dir, sink) = (dir.clone(), Sink::new(0, tx.clone()));
             tasks.spawn(async move {
@@ -114,8 +118,23 @@ fn spawn_sources(
                     .await
                     .context("file provider")
             });
-            vec![name]
+            Ok(vec![name])
         }
+        (Provider::Kubernetes, Some(client)) => {
+            let mut names = Vec::new();
+            for (i, watched) in provider::kube::kinds().into_iter().enumerate() {
+                let name = format!("{} watch", watched.kind);
+                let (client, sink, what) = (client.clone(), Sink::new(i, tx.clone()), name.clone());
+                tasks.spawn(async move {
+                    provider::kube::run(client, watched, sink)
+                        .await
+                        .context(what)
+                });
+                names.push(name);
+            }
+            Ok(names)
+        }
+        (Provider::Kubernetes, None) => anyhow::bail!("the kubernetes provider needs a client"),
     }
 }
 
