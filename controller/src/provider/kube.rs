@@ -378,7 +378,7 @@ mod tests {
     }
 
     fn weight_of(events: &[Event]) -> u64 {
-        match &events[..] {
+        match events {
             [Event::Apply(o)] => match &o.body {
                 crate::model::Body::TrafficSplit(s) => s.backends[0].weight,
                 other => panic!("{other:?}"),
