@@ -425,3 +425,107 @@ async fn the_controller_follows_the_cluster_through_watches_relists_and_an_apise
     );
     Ok(())
 }
+
+/// `kubectl create token` for ServiceAccount `shop/web`, for `audience`, bound to pod `p`
+/// (or to nothing).
+fn token(k: &Kubectl, audience: &str, pod_uid: Option<&str>) -> anyhow::Result<String> {
+    let mut args = vec![
+        "-n",
+        "shop",
+        "create",
+        "token",
+        "web",
+        "--audience",
+        audience,
+    ];
+    if let Some(uid) = pod_uid {
+        args.extend([
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "p",
+            "--bound-object-uid",
+            uid,
+        ]);
+    }
+    Ok(k.ok(&args)?.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_from_a_secret_and_token_review_work_against_the_real_api_server(
+) -> anyhow::Result<()> {
+    let Some(cluster) = off_runtime(Cluster::start)? else {
+        return Ok(());
+    };
+    let k = &cluster.kubectl;
+    let trust = tempfile::tempdir()?;
+    let material = trust.path().join("trust");
+    smidge_controller::identity::generate(&material, "cluster.local")?;
+    k.ok(&[
+        "-n",
+        "smidge-system",
+        "create",
+        "secret",
+        "generic",
+        "smidge-identity",
+        &format!("--from-file={}", material.display()),
+    ])?;
+    // The controller reads its trust material with the RBAC-bound account (get on that one
+    // Secret) and starts serving.
+    let controller = Controller::start_kubernetes(
+        &cluster.controller_kubeconfig,
+        &[
+            "--identity-secret",
+            "smidge-system/smidge-identity",
+            "--token-review",
+        ],
+    )?;
+    assert!(
+        controller.log().contains("controller listening"),
+        "{}",
+        controller.log()
+    );
+
+    // TokenReview with the same account: a projected token of smidge's audience bound to a pod
+    // is accepted; one of another audience, or bound to no pod, is refused.
+    k.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\n\
+         spec: {serviceAccountName: web, containers: [{name: app, image: registry.invalid/app:1}]}\n",
+    )?;
+    let uid = k.ok(&[
+        "-n",
+        "shop",
+        "get",
+        "pod",
+        "p",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    let audience = smidge_controller::identity::token::AUDIENCE;
+    assert_eq!(audience, "smidge-identity");
+    let client =
+        smidge_local_cluster::kube::control_plane::client(&cluster.controller_kubeconfig).await?;
+    let reviewer = smidge_controller::identity::TokenReviewer::new(client);
+
+    let claims = reviewer
+        .review(&token(k, audience, Some(&uid))?)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (claims.ns.as_str(), claims.sa.as_str(), claims.pod.as_str()),
+        ("shop", "web", "p")
+    );
+    let other = reviewer
+        .review(&token(k, "identity.l5d.io", Some(&uid))?)
+        .await
+        .expect_err("another audience");
+    assert!(other.contains("did not authenticate"), "{other}");
+    let unbound = reviewer
+        .review(&token(k, audience, None)?)
+        .await
+        .expect_err("bound to no pod");
+    assert!(unbound.contains("not bound to a pod"), "{unbound}");
+    Ok(())
+}
