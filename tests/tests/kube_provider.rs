@@ -529,3 +529,115 @@ async fn identity_from_a_secret_and_token_review_work_against_the_real_api_serve
     assert!(unbound.contains("not bound to a pod"), "{unbound}");
     Ok(())
 }
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?)
+}
+
+/// A measurement, not a check (run with `--run-ignored only`): the controller's memory with
+/// 10,000 Services and 50,000 endpoints read from the real API server, and kubectl apply →
+/// subscriber latency over 20 changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_memory_at_scale_and_apply_latency() -> anyhow::Result<()> {
+    const SERVICES: usize = 10_000;
+    const PER_SLICE: usize = 5;
+    const WRITERS: usize = 4;
+    let Some(cluster) = off_runtime(Cluster::start)? else {
+        return Ok(());
+    };
+    let k = &cluster.kubectl;
+    k.apply(&cluster_yaml())?;
+    k.apply(&split("server-split", "app-svc", "1", "0"))?;
+    let dir = tempfile::tempdir()?;
+    let mut files = vec![String::new(); WRITERS];
+    for i in 0..SERVICES {
+        let text = &mut files[i % WRITERS];
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"
+        ));
+        let eps: Vec<String> = (0..PER_SLICE)
+            .map(|j| {
+                let n = i * PER_SLICE + j;
+                format!(
+                    "{{addresses: [10.{}.{}.{}]}}",
+                    1 + n / 65536,
+                    (n / 256) % 256,
+                    n % 256
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, namespace: ns, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n",
+            eps.join(", ")
+        ));
+    }
+    let created = Instant::now();
+    let writers: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let path = dir.path().join(format!("{i}.yaml"));
+            std::fs::write(&path, text)?;
+            Ok(std::process::Command::new(&k.program)
+                .arg("--kubeconfig")
+                .arg(&k.kubeconfig)
+                .args(["create", "-f"])
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .spawn()?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for mut w in writers {
+        anyhow::ensure!(w.wait()?.success(), "kubectl create failed");
+    }
+    eprintln!(
+        "created {SERVICES} Services and {} endpoints in {:?}",
+        SERVICES * PER_SLICE,
+        created.elapsed()
+    );
+    let started = Instant::now();
+    let controller = Controller::start_kubernetes(&cluster.controller_kubeconfig, &[])?;
+    eprintln!("controller ready after {:?}", started.elapsed());
+    let (_, problems) = controller.admin_get("/problems")?;
+    let objects = serde_json::from_str::<serde_json::Value>(&problems)?["objects"].clone();
+    let (mut svc, _) = Subscriber::subscribe(controller.push, APP_SVC).await?;
+    eprintln!(
+        "controller VmRSS {} KiB with {objects} objects",
+        rss_kib(controller.pid())?
+    );
+    let mut took = Vec::new();
+    for round in 0..20 {
+        let (b, c) = if round % 2 == 0 {
+            ("0", "1")
+        } else {
+            ("1", "0")
+        };
+        let t = Instant::now();
+        k.apply(&split("server-split", "app-svc", b, c))?;
+        let kubectl = t.elapsed();
+        svc.next(UPDATE_TIMEOUT).await?;
+        took.push((t.elapsed(), kubectl));
+    }
+    took.sort();
+    let p = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "kubectl apply → view (with kubectl's own run): p50 {:?}, p99 {:?}",
+        p(0.5),
+        p(0.99)
+    );
+    eprintln!(
+        "controller VmRSS {} KiB after the changes",
+        rss_kib(controller.pid())?
+    );
+    Ok(())
+}
