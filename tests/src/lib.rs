@@ -95,6 +95,23 @@ impl Controller {
         extra: &[&str],
         wrapper: &[&str],
     ) -> anyhow::Result<Controller> {
+        let mut args = vec!["--provider", "file", "--manifests"];
+        let manifests = manifests.to_str().context("a manifest path in UTF-8")?;
+        args.extend([manifests, "--listen", listen]);
+        args.extend(extra);
+        Self::spawn(&args, &[], wrapper)
+    }
+
+    /// Starts the controller on the `kubernetes` provider with the credentials of
+    /// `kubeconfig` and ephemeral ports, and waits until it is ready.
+    pub fn start_kubernetes(kubeconfig: &Path, extra: &[&str]) -> anyhow::Result<Controller> {
+        let kubeconfig = kubeconfig.to_str().context("a kubeconfig path in UTF-8")?;
+        let mut args = vec!["--provider", "kubernetes", "--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        Self::spawn(&args, &[("KUBECONFIG", kubeconfig)], &[])
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], wrapper: &[&str]) -> anyhow::Result<Controller> {
         let bin = binary("smidge-controller", "smidge-controller")?;
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -105,10 +122,9 @@ impl Controller {
             None => Command::new(bin),
         };
         let mut child = command
-            .args(["--provider", "file", "--manifests"])
-            .arg(manifests)
-            .args(["--listen", listen, "--admin", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .args(["--admin", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -144,7 +160,7 @@ impl Controller {
             child,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(controller.admin, "/ready")
             .map(|(code, _)| code)
             .ok()

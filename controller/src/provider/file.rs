@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::{Event, Report, Severity};
+use super::{Event, Report, Severity, Sink};
 use crate::lint::is_manifest;
 use crate::manifest::{read_file, Outcome};
 use crate::model::{ById, ObjectId};
@@ -214,7 +214,7 @@ fn scan(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, (SystemTime, u64)>> {
 
 /// Watches `dir` and sends batches of events, plus the current reports after each batch.
 /// The first batch holds everything present at start.
-pub async fn run(dir: PathBuf, tx: mpsc::Sender<(Vec<Event>, Vec<Report>)>) -> anyhow::Result<()> {
+pub async fn run(dir: PathBuf, tx: Sink) -> anyhow::Result<()> {
     use anyhow::Context;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {

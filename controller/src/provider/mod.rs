@@ -2,8 +2,11 @@
 //! [`Report`]s about what it could not (fully) read.
 
 pub mod file;
+pub mod kube;
 
 use std::path::PathBuf;
+
+use tokio::sync::mpsc;
 
 use crate::model::{Object, ObjectId};
 
@@ -45,5 +48,32 @@ impl std::fmt::Display for Report {
             write!(f, "{}: ", self.field)?;
         }
         f.write_str(&self.message)
+    }
+}
+
+/// What a source sends: index events, and every report it currently has (not only new ones).
+/// A source's first batch is its complete first read: the runtime is ready once every source
+/// has sent one.
+pub type Batch = (Vec<Event>, Vec<Report>);
+
+/// Where one source sends its batches: a channel shared by every source, each batch tagged
+/// with the source's number.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    source: usize,
+    tx: mpsc::Sender<(usize, Batch)>,
+}
+
+/// The receiving side is gone: the controller is shutting down.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Sink {
+    pub fn new(source: usize, tx: mpsc::Sender<(usize, Batch)>) -> Self {
+        Sink { source, tx }
+    }
+
+    pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+        self.tx.send((self.source, batch)).await.map_err(|_| Closed)
     }
 }

@@ -1,0 +1,299 @@
+//! The controller's runtime: identity bootstrap, one task per source turning it into index
+//! events, one apply loop feeding the index (and through it the push server), the admin
+//! endpoint's readiness (every source's first complete read), and shutdown.
+
+pub mod identity;
+pub mod memory;
+pub mod sources;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use smidge_controller::admin::{self, Status};
+use smidge_controller::compile::MeshConfig;
+use smidge_controller::diagnose::{self, Scope};
+use smidge_controller::provider::{self, Batch, Report, Severity, Sink};
+use smidge_controller::push::{registry::Registry, server};
+use smidge_protocol::DefaultPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use sources::Sources;
+
+/// Where objects come from.
+#[derive(Clone, Debug)]
+pub enum Provider {
+    /// A directory of Kubernetes YAML.
+    File(PathBuf),
+    /// The Kubernetes API: one watch per kind.
+    Kubernetes,
+}
+
+/// Everything the runtime needs, from the flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub provider: Provider,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub max_unauthenticated: usize,
+    pub default_policy: DefaultPolicy,
+    pub identity: identity::Settings,
+}
+
+type Tasks = JoinSet<anyhow::Result<()>>;
+
+/// Runs the controller until a task fails or a signal asks it to stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    memory::raise_open_file_limit();
+    let kubernetes = matches!(config.provider, Provider::Kubernetes);
+    let client = if kubernetes || config.identity.needs_kubernetes() {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?,
+        )
+    } else {
+        None
+    };
+    let secured = identity::bootstrap(&config.identity, client.as_ref()).await?;
+    if let Provider::File(dir) = &config.provider {
+        if !dir.is_dir() {
+            anyhow::bail!("--manifests {}: not a directory", dir.display());
+        }
+    }
+
+    let first_version = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    let registry = Arc::new(Mutex::new(Registry::new(
+        MeshConfig {
+            default_policy: config.default_policy,
+        },
+        first_version,
+    )));
+    let status = Arc::new(Mutex::new(Status::default()));
+    let push = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the push listener on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", config.admin))?;
+    tracing::info!(push = %push.local_addr()?, admin = %admin_listener.local_addr()?, provider = ?config.provider, "controller listening");
+
+    let mut tasks = Tasks::new();
+    let (tx, rx) = mpsc::channel(16);
+    let names = spawn_sources(&config.provider, client.as_ref(), &mut tasks, &tx)?;
+    drop(tx);
+    spawn_servers(
+        &config,
+        &mut tasks,
+        push,
+        admin_listener,
+        &registry,
+        secured,
+        &status,
+    );
+    apply_loop(rx, Sources::new(names), &registry, &status, &mut tasks).await
+}
+
+/// Starts one task per source; returns their names, by source number.
+fn spawn_sources(
+    provider: &Provider,
+    client: Option<&kube::Client>,
+    tasks: &mut Tasks,
+    tx: &mpsc::Sender<(usize, Batch)>,
+) -> anyhow::Result<Vec<String>> {
+    match (provider, client) {
+        (Provider::File(dir), _) => {
+            let name = format!("file {}", dir.display());
+            let (dir, sink) = (dir.clone(), Sink::new(0, tx.clone()));
+            tasks.spawn(async move {
+                provider::file::run(dir, sink)
+                    .await
+                    .context("file provider")
+            });
+            Ok(vec![name])
+        }
+        (Provider::Kubernetes, Some(client)) => {
+            let mut names = Vec::new();
+            for (i, watched) in provider::kube::kinds().into_iter().enumerate() {
+                let name = format!("{} watch", watched.kind);
+                let (client, sink, what) = (client.clone(), Sink::new(i, tx.clone()), name.clone());
+                tasks.spawn(async move {
+                    provider::kube::run(client, watched, sink)
+                        .await
+                        .context(what)
+                });
+                names.push(name);
+            }
+            Ok(names)
+        }
+        (Provider::Kubernetes, None) => anyhow::bail!("the kubernetes provider needs a client"),
+    }
+}
+
+/// The push server, the admin endpoint and the memory trimmer.
+fn spawn_servers(
+    config: &Config,
+    tasks: &mut Tasks,
+    push: TcpListener,
+    admin_listener: TcpListener,
+    registry: &Arc<Mutex<Registry>>,
+    secured: Option<Arc<server::Secured>>,
+    status: &Arc<Mutex<Status>>,
+) {
+    let churn = Arc::new(server::Churn::default());
+    let limits = server::Limits {
+        max_unauthenticated: config.max_unauthenticated.max(1),
+    };
+    let (reg, ch) = (registry.clone(), churn.clone());
+    tasks.spawn(async move {
+        server::serve(push, reg, secured, limits, ch)
+            .await
+            .context("push server")
+    });
+    tasks.spawn(async move {
+        memory::trim_after_bursts(&churn).await;
+        Ok(())
+    });
+    let st = status.clone();
+    tasks.spawn(async move {
+        admin::serve(admin_listener, st)
+            .await
+            .context("admin server")
+    });
+}
+
+/// Feeds every source's batches into the index until a task ends or a signal arrives.
+async fn apply_loop(
+    mut rx: mpsc::Receiver<(usize, Batch)>,
+    mut sources: Sources,
+    registry: &Arc<Mutex<Registry>>,
+    status: &Arc<Mutex<Status>>,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    let mut shown: Vec<Report> = Vec::new();
+    loop {
+        tokio::select! {
+            first = rx.recv() => {
+                let Some(first) = first else { anyhow::bail!("every source stopped") };
+                // Take every batch already waiting: one compile and diagnosis for all of them.
+                let mut ready = None;
+                let mut next = Some(first);
+                while let Some((source, (events, reports))) = next {
+                    if let Some(now) = sources.receive(source, events, reports) {
+                        ready.get_or_insert_with(Vec::new).extend(now);
+                    }
+                    next = rx.try_recv().ok();
+                }
+                match ready {
+                    Some(events) => apply(events, &sources, registry, status, &mut shown)?,
+                    None => tracing::info!(waiting_for = ?sources.waiting_for(), "waiting for every source's first read"),
+                }
+            }
+            Some(done) = tasks.join_next() => {
+                return match done {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("a controller task stopped")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("a controller task panicked: {e}")),
+                };
+            }
+            _ = shutdown() => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Applies events to the index, recompiles what they touched, and publishes the reports (the
+/// sources' and the diagnosis of the whole index) and readiness.
+fn apply(
+    events: Vec<provider::Event>,
+    sources: &Sources,
+    registry: &Arc<Mutex<Registry>>,
+    status: &Arc<Mutex<Status>>,
+    shown: &mut Vec<Report>,
+) -> anyhow::Result<()> {
+    let n = events.len();
+    let mut reports = sources.reports();
+    // Compiling and diagnosing a large mesh is CPU work: done in place of a worker thread, so
+    // the proxies' connection tasks (woken by the new views) move to another worker instead of
+    // waiting behind it.
+    let started = std::time::Instant::now();
+    let (changed, objects, views, applied_in) = tokio::task::block_in_place(|| {
+        let changed = {
+            let mut r = registry
+                .lock()
+                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            r.apply(events)
+        };
+        let applied_in = started.elapsed();
+        let r = registry
+            .lock()
+            .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+        for p in diagnose::all(
+            r.index(),
+            Scope {
+                only_where_present: false,
+            },
+        ) {
+            reports.push(Report {
+                severity: Severity::Warning,
+                file: None,
+                object: p.object.to_string(),
+                field: p.finding.field,
+                message: p.finding.message,
+            });
+        }
+        anyhow::Ok((changed, r.index().len(), r.view_count(), applied_in))
+    })?;
+    if n > 0 {
+        tracing::info!(
+            events = n,
+            views_changed = changed,
+            objects,
+            apply_ms = applied_in.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "applied changes"
+        );
+    }
+    if n >= memory::TRIM_AFTER_EVENTS {
+        memory::release_free_memory();
+    }
+    for report in reports.iter().filter(|r| !shown.contains(r)) {
+        match report.severity {
+            Severity::Error => {
+                tracing::warn!(file = ?report.file, object = %report.object, field = %report.field, "refused: {}", report.message)
+            }
+            Severity::Warning => {
+                tracing::info!(file = ?report.file, object = %report.object, field = %report.field, "{}", report.message)
+            }
+        }
+    }
+    shown.clone_from(&reports);
+    if let Ok(mut s) = status.lock() {
+        s.ready = true;
+        s.problems = reports;
+        s.objects = objects;
+        s.views = views;
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
