@@ -78,6 +78,23 @@ struct Args {
     /// The DNS name in the controller's own certificate, which proxies check.
     #[arg(long, default_value = "smidge-controller")]
     identity_name: String,
+    /// Where the CRD conversion webhook listens (HTTPS, certificate from the identity CA). Off
+    /// when unset; in a cluster the Service `smidge-system/smidge-controller` maps 443 to it.
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
+    /// Names on the webhook's certificate (DNS or IP); default the Service's names.
+    #[arg(long, value_delimiter = ',')]
+    webhook_names: Vec<String>,
+    /// With --provider kubernetes: write SMI objects' status conditions and Events while this
+    /// replica holds the Lease `<namespace>/smidge-controller-status`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    status_writer: bool,
+    /// This replica's name, the Lease holder's identity (the pod's name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The controller's namespace (its Lease's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "smidge-system")]
+    namespace: String,
 }
 
 #[tokio::main]
@@ -110,7 +127,32 @@ fn config(args: Args) -> anyhow::Result<runtime::Config> {
         (ProviderKind::File, None) => anyhow::bail!("--provider file needs --manifests DIR"),
         (ProviderKind::Kubernetes, _) => runtime::Provider::Kubernetes,
     };
+    let kubernetes = matches!(provider, runtime::Provider::Kubernetes);
+    let webhook = args.webhook_listen.map(|listen| runtime::Webhook {
+        listen,
+        names: if args.webhook_names.is_empty() {
+            smidge_controller::webhook::service_names(
+                smidge_controller::crds::WEBHOOK_SERVICE,
+                smidge_controller::crds::WEBHOOK_NAMESPACE,
+            )
+        } else {
+            args.webhook_names.clone()
+        },
+    });
+    let status = (kubernetes && args.status_writer).then(|| runtime::StatusSettings {
+        identity: args.pod_name.clone().unwrap_or_else(|| {
+            format!(
+                "smidge-controller-{}",
+                std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+                    .map(|u| u.trim().chars().take(8).collect::<String>())
+                    .unwrap_or_else(|_| std::process::id().to_string())
+            )
+        }),
+        namespace: args.namespace.clone(),
+    });
     Ok(runtime::Config {
+        webhook,
+        status,
         provider,
         listen: args.listen,
         admin: args.admin,

@@ -389,6 +389,67 @@ async fn the_controller_follows_the_cluster_through_watches_relists_and_an_apise
     assert_eq!(names, ["app-svc"], "{view:?}");
     index_matches_cluster(&controller, k, 1)?;
 
+    // Status: a split naming a missing backend gets ResolvedRefs=False with the reason and an
+    // Event (written by this replica, the Lease holder, under the RBAC manifest's rules);
+    // creating the Service flips it.
+    k.apply(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: ghost, namespace: ns}\n\
+         spec:\n  service: app-c\n  backends:\n  - service: app-missing\n    weight: 1\n",
+    )?;
+    let resolved = |k: &Kubectl| -> anyhow::Result<Option<(String, String)>> {
+        let out = k.ok(&["-n", "ns", "get", "trafficsplit", "ghost", "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((status, reason)) = resolved(k)? {
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("False", "BackendNotFound")
+            );
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no ResolvedRefs condition on ns/ghost"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !k
+        .ok(&["-n", "ns", "describe", "trafficsplit", "ghost"])?
+        .contains("app-missing")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no Event naming app-missing on ns/ghost"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    k.apply("apiVersion: v1\nkind: Service\nmetadata: {name: app-missing, namespace: ns}\nspec: {clusterIP: 10.96.0.13, ports: [{name: http, port: 9091}]}\n")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resolved(k)?.is_none_or(|(status, _)| status != "True") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "ResolvedRefs on ns/ghost did not flip"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    k.ok(&["-n", "ns", "delete", "trafficsplit", "ghost"])?;
+    k.ok(&["-n", "ns", "delete", "service", "app-missing"])?;
+    index_matches_cluster(&controller, k, 1)?;
+
     // Cut the controller off; meanwhile a split appears, one is deleted and one changes; etcd
     // is compacted past every resourceVersion the controller saw, and the API server restarts.
     cluster.relay.retarget(None);

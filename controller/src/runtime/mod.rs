@@ -33,9 +33,25 @@ pub enum Provider {
     Kubernetes,
 }
 
+/// The CRD conversion webhook: where it listens and the names on its certificate.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub listen: SocketAddr,
+    pub names: Vec<String>,
+}
+
+/// The status writer: this replica's Lease identity and the Lease's namespace.
+#[derive(Clone, Debug)]
+pub struct StatusSettings {
+    pub identity: String,
+    pub namespace: String,
+}
+
 /// Everything the runtime needs, from the flags.
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub webhook: Option<Webhook>,
+    pub status: Option<StatusSettings>,
     pub provider: Provider,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -87,6 +103,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(push = %push.local_addr()?, admin = %admin_listener.local_addr()?, provider = ?config.provider, "controller listening");
 
     let mut tasks = Tasks::new();
+    if let Some(webhook) = &config.webhook {
+        let Some(secured) = secured.as_ref() else {
+            anyhow::bail!("--webhook-listen needs trust material (--identity-dir or --identity-secret) for its certificate");
+        };
+        let tls = smidge_controller::webhook::serving_cert(&secured.authority, &webhook.names)
+            .context("the conversion webhook's certificate")?;
+        let listener = TcpListener::bind(webhook.listen)
+            .await
+            .with_context(|| format!("binding the conversion webhook on {}", webhook.listen))?;
+        tracing::info!(webhook = %listener.local_addr()?, "conversion webhook listening");
+        tasks.spawn(async move {
+            smidge_controller::webhook::serve(listener, tls)
+                .await
+                .context("conversion webhook")
+        });
+        if let Some(client) = &client {
+            // Every replica keeps the CRDs' caBundle; each writes only when it differs.
+            let (client, anchor) = (client.clone(), secured.authority.anchor_pem.clone());
+            tasks.spawn(async move {
+                smidge_controller::webhook::maintain_ca_bundle(
+                    client,
+                    anchor,
+                    std::time::Duration::from_secs(300),
+                )
+                .await;
+                Ok(())
+            });
+        }
+    }
+    let writer = match (&config.status, &client) {
+        (Some(settings), Some(client)) => {
+            let mut status_config = smidge_controller::status::Config::new(&settings.identity);
+            status_config
+                .lease
+                .namespace
+                .clone_from(&settings.namespace);
+            let (snapshots, rx) = tokio::sync::watch::channel(Arc::new(
+                smidge_controller::status::Snapshot::default(),
+            ));
+            let writer =
+                smidge_controller::status::StatusWriter::spawn(client.clone(), status_config, rx);
+            Some((writer, snapshots))
+        }
+        _ => None,
+    };
     let (tx, rx) = mpsc::channel(16);
     let names = spawn_sources(&config.provider, client.as_ref(), &mut tasks, &tx)?;
     drop(tx);
@@ -99,7 +160,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         secured,
         &status,
     );
-    apply_loop(rx, Sources::new(names), &registry, &status, &mut tasks).await
+    let (writer, snapshots) = match writer {
+        Some((w, s)) => (Some(w), Some(s)),
+        None => (None, None),
+    };
+    let result = apply_loop(
+        rx,
+        Sources::new(names),
+        &registry,
+        &status,
+        snapshots.as_ref(),
+        &mut tasks,
+    )
+    .await;
+    if let Some(writer) = writer {
+        // Gives the Lease up, so another replica takes over at once.
+        writer.shutdown().await;
+    }
+    result
+}
+
+/// How often, at most, the status writer gets a new snapshot (computing one diagnoses the whole
+/// index).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publishes the index's conditions to the status writer.
+fn publish_status(
+    registry: &Arc<Mutex<Registry>>,
+    snapshots: &tokio::sync::watch::Sender<Arc<smidge_controller::status::Snapshot>>,
+) {
+    let snapshot = tokio::task::block_in_place(|| {
+        registry
+            .lock()
+            .ok()
+            .map(|r| smidge_controller::status::snapshot(r.index(), &[], |_| None))
+    });
+    if let Some(s) = snapshot {
+        snapshots.send_replace(Arc::new(s));
+    }
 }
 
 /// Starts one task per source; returns their names, by source number.
@@ -176,11 +274,21 @@ async fn apply_loop(
     mut sources: Sources,
     registry: &Arc<Mutex<Registry>>,
     status: &Arc<Mutex<Status>>,
+    snapshots: Option<&tokio::sync::watch::Sender<Arc<smidge_controller::status::Snapshot>>>,
     tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
     let mut shown: Vec<Report> = Vec::new();
+    // Status snapshots: at most one per STATUS_EVERY, after changes.
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    let mut status_dirty = false;
     loop {
         tokio::select! {
+            _ = status_tick.tick(), if snapshots.is_some() && status_dirty => {
+                if let Some(s) = snapshots {
+                    publish_status(registry, s);
+                }
+                status_dirty = false;
+            }
             first = rx.recv() => {
                 let Some(first) = first else { anyhow::bail!("every source stopped") };
                 // Take every batch already waiting: one compile and diagnosis for all of them.
@@ -193,7 +301,10 @@ async fn apply_loop(
                     next = rx.try_recv().ok();
                 }
                 match ready {
-                    Some(events) => apply(events, &sources, registry, status, &mut shown)?,
+                    Some(events) => {
+                        apply(events, &sources, registry, status, &mut shown)?;
+                        status_dirty = true;
+                    }
                     None => tracing::info!(waiting_for = ?sources.waiting_for(), "waiting for every source's first read"),
                 }
             }
