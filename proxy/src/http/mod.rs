@@ -2,6 +2,7 @@
 //! the upstream connection pool, hop-by-hop headers, upgrades and locally made responses.
 
 pub mod guard;
+pub mod limits;
 pub mod observe;
 pub mod pool;
 pub mod serve;

@@ -42,7 +42,15 @@ pub async fn serve<I>(
         tls: caller.tls,
         client: caller.identity.map(Arc::new),
     };
-    crate::http::serve::serve_observed(&ctx.metrics, "inbound", io, protocol, authorize).await;
+    crate::http::serve::serve_observed(
+        &ctx.metrics,
+        "inbound",
+        io,
+        protocol,
+        ctx.pool.limits(),
+        authorize,
+    )
+    .await;
 }
 
 /// Authorizes each request of one connection, then forwards it to the app.
@@ -103,7 +111,8 @@ impl tower::Service<Request<Incoming>> for Authorize {
                         Ok(resp) => resp,
                         Err(e) => {
                             tracing::info!(app = %app.addr, error = %e, "inbound request failed");
-                            local_response(StatusCode::BAD_GATEWAY, ERROR_HEADER, "app-unreachable")
+                            let (status, reason) = e.answer(crate::http::pool::Hop::App);
+                            local_response(status, ERROR_HEADER, reason)
                         }
                     }
                 }
