@@ -15,9 +15,11 @@ use smidge_e2e::scenario::{manifests, start, V1_IP, V2_IP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// The app's port in web-v1 and web-v2; nothing listens on `CLOSED_PORT`.
+/// The app's HTTP port in web-v1 and web-v2 (Service port 80); nothing listens on `CLOSED_PORT`
+/// (81); `TCP_PORT` (82) is a TCP server that resets or holds connections on demand.
 const APP_PORT: u16 = 9000;
 const CLOSED_PORT: u16 = 9001;
+const TCP_PORT: u16 = 9002;
 /// Service `dp1`: web-v1 only. Service `dp`: web-v1 and web-v2.
 const DP1_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 const DP_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -51,12 +53,13 @@ spec:
   ports:
   - {{name: http, port: 80, targetPort: {APP_PORT}}}
   - {{name: closed, port: 81, targetPort: {CLOSED_PORT}}}
+  - {{name: tcp, port: 82, targetPort: {TCP_PORT}}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: {svc}-1, namespace: mesh, labels: {{kubernetes.io/service-name: {svc}}}}}
 addressType: IPv4
-ports: [{{name: http, port: {APP_PORT}}}, {{name: closed, port: {CLOSED_PORT}}}]
+ports: [{{name: http, port: {APP_PORT}}}, {{name: closed, port: {CLOSED_PORT}}}, {{name: tcp, port: {TCP_PORT}}}]
 endpoints:
 "#
         ));
@@ -87,7 +90,9 @@ fn start_apps(mesh: &Mesh) -> anyhow::Result<Arc<App>> {
     let app = Arc::new(App::default());
     for (pod, name) in [("web-v1", "v1"), ("web-v2", "v2")] {
         let app = app.clone();
-        spawn_in_pod(&mesh.pod(pod).pod, move || serve_app(app, name))?;
+        spawn_in_pod(&mesh.pod(pod).pod, move || async move {
+            tokio::join!(serve_app(app, name), serve_tcp());
+        })?;
     }
     Ok(app)
 }
@@ -104,6 +109,32 @@ async fn serve_app(app: Arc<App>, name: &'static str) {
         let app = app.clone();
         tokio::spawn(async move {
             let _ = handle(app, name, stream).await;
+        });
+    }
+}
+
+/// A TCP server: after the line `reset` it resets the connection, after `hold` it keeps it
+/// open and silent.
+async fn serve_tcp() {
+    let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("binding {TCP_PORT}: {e}");
+            return;
+        }
+    };
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut line = [0u8; 6];
+            if s.read_exact(&mut line[..5]).await.is_err() {
+                return;
+            }
+            match &line[..5] {
+                b"reset" => {
+                    let _ = s.set_zero_linger();
+                }
+                _ => tokio::time::sleep(Duration::from_secs(3600)).await,
+            }
         });
     }
 }
@@ -568,5 +599,45 @@ fn error_reasons_say_what_happened() -> anyhow::Result<()> {
         (502, Some("connection-refused".into())),
         "{refused:?}"
     );
+    Ok(())
+}
+
+/// How a TCP client's connection ended after sending `line`: `Ok(bytes)` at EOF, `Err` at a
+/// reset (or no end within [`ANSWER_WITHIN`]).
+async fn tcp_ending(addr: SocketAddr, line: &[u8]) -> anyhow::Result<std::io::Result<usize>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(line).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(ANSWER_WITHIN, s.read_to_end(&mut out))
+        .await
+        .with_context(|| format!("the connection did not end within {ANSWER_WITHIN:?}"))
+}
+
+/// R9: an upstream's reset reaches a TCP client as a reset, not as a clean end of stream.
+#[test]
+fn an_upstream_reset_reaches_a_tcp_client_as_a_reset() -> anyhow::Result<()> {
+    let mesh = start("dp-tcp-reset", &dp_manifests(), &[])?;
+    let _app = start_apps(&mesh)?;
+    let tcp = SocketAddr::new(DP1_IP.into(), 82);
+    let ended = in_pod(&mesh.pod("client").pod, move || tcp_ending(tcp, b"reset"))??;
+    match ended {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("a clean end after {n} bytes: the reset was lost"),
+    }
+    Ok(())
+}
+
+/// R5: an opaque TCP connection idle both ways is closed at the idle timeout.
+#[test]
+fn an_idle_tcp_connection_is_closed_at_the_idle_timeout() -> anyhow::Result<()> {
+    let mesh = start(
+        "dp-tcp-idle",
+        &dp_manifests(),
+        &["--tcp-idle-timeout-secs", "1"],
+    )?;
+    let _app = start_apps(&mesh)?;
+    let tcp = SocketAddr::new(DP1_IP.into(), 82);
+    // Any ending will do: the connection must not stay open.
+    let _ended = in_pod(&mesh.pod("client").pod, move || tcp_ending(tcp, b"hold\n"))??;
     Ok(())
 }
