@@ -220,6 +220,10 @@ async fn handle(app: Arc<App>, name: &'static str, mut s: TcpStream) -> anyhow::
             }
             s.write_all(b"bcdef").await?;
         }
+        "/reason" => {
+            s.write_all(&answer("501 Unsupported method", "", b"no"))
+                .await?
+        }
         "/reset" => {
             s.set_zero_linger()?;
             drop(s);
@@ -599,6 +603,41 @@ fn error_reasons_say_what_happened() -> anyhow::Result<()> {
         (502, Some("connection-refused".into())),
         "{refused:?}"
     );
+    Ok(())
+}
+
+/// R16, R10: the app's reason phrase crosses unchanged and no Date is added; what cannot
+/// cross unchanged is refused by name (CONNECT, a Host that is no authority).
+#[test]
+fn the_app_s_reason_phrase_crosses_and_connect_or_a_bad_host_is_refused() -> anyhow::Result<()> {
+    let mesh = start("dp-verbatim", &dp_manifests(), &[])?;
+    let _app = start_apps(&mesh)?;
+    let (reason, connect, host) = in_pod(&mesh.pod("client").pod, || async {
+        let reason = exchange(dp1(), get("/reason", "")).await?;
+        let connect = exchange(
+            dp1(),
+            b"CONNECT 10.88.0.11:9002 HTTP/1.1\r\nhost: 10.88.0.11:9002\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        )
+        .await?;
+        let host = exchange(
+            dp1(),
+            b"GET / HTTP/1.1\r\nhost: a b\r\nconnection: close\r\n\r\n".to_vec(),
+        )
+        .await?;
+        anyhow::Ok((reason, connect, host))
+    })??;
+    assert!(
+        reason
+            .head
+            .starts_with("HTTP/1.1 501 Unsupported method\r\n"),
+        "{reason:?}"
+    );
+    assert_eq!(reason.header("date"), None, "{reason:?}");
+    assert_eq!(connect.status, 405, "{connect:?}");
+    assert_eq!(connect.header("smidge-error"), Some("connect-unsupported"));
+    assert_eq!(host.status, 400, "{host:?}");
+    assert_eq!(host.header("smidge-denied"), Some("bad-host"));
     Ok(())
 }
 

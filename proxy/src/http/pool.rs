@@ -42,6 +42,8 @@ pub enum ForwardError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("CONNECT is not forwarded")]
+    Connect405,
     #[error("no response head from {addr} within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("request head of {size} bytes is over the limit of {limit}")]
@@ -114,6 +116,7 @@ impl ForwardError {
             | ForwardError::Tls { .. }
             | ForwardError::Handshake { .. } => (S::BAD_GATEWAY, hop.unreachable()),
             ForwardError::ConnectTimeout { .. } => (S::GATEWAY_TIMEOUT, "connect-timeout"),
+            ForwardError::Connect405 => (S::METHOD_NOT_ALLOWED, "connect-unsupported"),
             ForwardError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "timeout"),
             ForwardError::RequestHeadTooLarge { .. } => (
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,

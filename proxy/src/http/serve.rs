@@ -45,6 +45,8 @@ where
                 .max_header_list_size(limits.max_header_bytes)
                 .keep_alive_interval(limits.keepalive_interval)
                 .keep_alive_timeout(limits.keepalive_timeout)
+                // The app's response keeps its own headers: no Date is added.
+                .auto_date_header(false)
                 .serve_connection(io, service)
                 .await
         }
@@ -55,6 +57,7 @@ where
                 .timer(TokioTimer::new())
                 .half_close(true)
                 .header_read_timeout(limits.header_read_timeout)
+                .auto_date_header(false)
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await
@@ -104,12 +107,16 @@ pub async fn forward(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     // Only proxies set these, and only between themselves (`to_mesh_h2` adds its own below).
     super::guard::strip_mesh_headers(req.headers_mut());
+    // Hyper would send it as `CONNECT /` (or not at all): refused rather than mangled.
+    if req.method() == http::Method::CONNECT {
+        return Err(ForwardError::Connect405);
+    }
     let version = req.version();
-    if target.peer.is_some()
+    let meshed = target.peer.is_some()
         && !upgrade
         && version != http::Version::HTTP_2
-        && pool.mesh_protocol() == super::pool::MeshProtocol::Http2
-    {
+        && pool.mesh_protocol() == super::pool::MeshProtocol::Http2;
+    if meshed {
         to_mesh_h2(&mut req, addr);
     }
     // One head limit on every hop: checked here, before the peer would refuse it for the
@@ -131,6 +138,9 @@ pub async fn forward(
             limit: limits.max_header_bytes,
         })?;
     *resp.version_mut() = version;
+    if meshed {
+        super::reason_from_header(&mut resp);
+    }
     match downstream {
         Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let upstream = hyper::upgrade::on(&mut resp);

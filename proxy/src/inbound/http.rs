@@ -15,11 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Caller;
 use crate::ctx::Ctx;
-use crate::http::guard::{only_websocket_upgrade, prepare};
+use crate::http::guard::{only_websocket_upgrade, prepare, strip_mesh_headers};
 use crate::http::observe::Labels;
 use crate::http::pool::Target;
 use crate::http::serve::forward;
-use crate::http::{from_mesh_h2, local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
+use crate::http::{
+    from_mesh_h2, local_response, reason_to_header, Body, Head, DENIED_HEADER, ERROR_HEADER,
+};
 use crate::metrics::DenyLabels;
 use crate::net::detect::Protocol;
 
@@ -89,9 +91,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
             ..Labels::default()
         };
         let mut req = req;
-        if tls {
-            from_mesh_h2(&mut req);
-        }
+        let meshed = tls && from_mesh_h2(&mut req);
         // Checked and normalized before authorization, so the policy judges what the app gets.
         let decision = match prepare(&mut req) {
             Err(reason) => Err((StatusCode::BAD_REQUEST, reason)),
@@ -108,7 +108,14 @@ impl tower::Service<Request<Incoming>> for Authorize {
                 Ok(by) => {
                     labels.route = by;
                     match forward(&ctx.pool, &app, req).await {
-                        Ok(resp) => resp,
+                        Ok(mut resp) => {
+                            // Only proxies set these, and only between themselves.
+                            strip_mesh_headers(resp.headers_mut());
+                            if meshed {
+                                reason_to_header(&mut resp);
+                            }
+                            resp
+                        }
                         Err(e) => {
                             tracing::info!(app = %app.addr, error = %e, "inbound request failed");
                             let (status, reason) = e.answer(crate::http::pool::Hop::App);
