@@ -76,8 +76,9 @@ pub async fn forward_with<I: AsyncRead + AsyncWrite + Unpin + Resettable>(
     reached
 }
 
-/// Copies both ways. When either side fails (an upstream reset, the idle timeout), the client's
-/// connection is reset rather than closed, so a truncated stream never looks complete.
+/// Copies both ways. When a side was reset, the client's connection is reset too rather than
+/// closed, so a truncated stream never looks complete; any other ending (the idle timeout, an
+/// unclean close) closes it.
 async fn copy<I, S>(client: I, server: S, idle: Option<Duration>) -> std::io::Result<(u64, u64)>
 where
     I: AsyncRead + AsyncWrite + Unpin + Resettable,
@@ -97,8 +98,17 @@ where
             )),
         },
     };
-    if result.is_err() {
-        client.get_ref().reset_on_close();
+    if let Err(e) = &result {
+        if is_reset(e.kind()) {
+            client.get_ref().reset_on_close();
+        }
     }
     result
+}
+
+fn is_reset(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+    )
 }
