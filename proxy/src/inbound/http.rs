@@ -15,12 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Caller;
 use crate::ctx::Ctx;
-use crate::http::guard::{only_websocket_upgrade, prepare, strip_mesh_headers};
+use crate::http::guard::{only_websocket_upgrade, prepare};
 use crate::http::observe::Labels;
 use crate::http::pool::Target;
 use crate::http::serve::forward;
 use crate::http::{
     from_mesh_h2, local_response, reason_to_header, Body, Head, DENIED_HEADER, ERROR_HEADER,
+    REASON_HEADER,
 };
 use crate::metrics::DenyLabels;
 use crate::net::detect::Protocol;
@@ -109,8 +110,8 @@ impl tower::Service<Request<Incoming>> for Authorize {
                     labels.route = by;
                     match forward(&ctx.pool, &app, req).await {
                         Ok(mut resp) => {
-                            // Only proxies set these, and only between themselves.
-                            strip_mesh_headers(resp.headers_mut());
+                            // Only this proxy says what the app's reason phrase was.
+                            resp.headers_mut().remove(REASON_HEADER);
                             if meshed {
                                 reason_to_header(&mut resp);
                             }
