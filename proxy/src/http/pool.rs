@@ -511,3 +511,95 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn each_failure_is_answered_with_what_happened_and_where() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let connect = |kind| ForwardError::Connect {
+            addr,
+            source: io::Error::from(kind),
+        };
+        let after = Duration::from_secs(1);
+        for (error, hop, expected) in [
+            (
+                connect(io::ErrorKind::ConnectionRefused),
+                Hop::App,
+                (StatusCode::BAD_GATEWAY, "connection-refused"),
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                Hop::App,
+                (StatusCode::BAD_GATEWAY, "app-unreachable"),
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                Hop::Upstream,
+                (StatusCode::BAD_GATEWAY, "upstream-unreachable"),
+            ),
+            (
+                ForwardError::ConnectTimeout { addr, after },
+                Hop::Upstream,
+                (StatusCode::GATEWAY_TIMEOUT, "connect-timeout"),
+            ),
+            (
+                ForwardError::Timeout { addr, after },
+                Hop::App,
+                (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ),
+            (
+                ForwardError::RequestHeadTooLarge {
+                    size: 70_000,
+                    limit: 65_536,
+                },
+                Hop::Upstream,
+                (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request-headers-too-large",
+                ),
+            ),
+            (
+                ForwardError::ResponseHeadTooLarge {
+                    addr,
+                    size: 70_000,
+                    limit: 65_536,
+                },
+                Hop::App,
+                (StatusCode::BAD_GATEWAY, "response-headers-too-large"),
+            ),
+            (
+                ForwardError::Connect405,
+                Hop::Upstream,
+                (StatusCode::METHOD_NOT_ALLOWED, "connect-unsupported"),
+            ),
+        ] {
+            assert_eq!(error.answer(hop), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn timeouts_and_failed_connections_count_against_the_endpoint_and_oversized_heads_do_not() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let after = Duration::from_secs(1);
+        assert!(ForwardError::Timeout { addr, after }.is_unreachable());
+        assert!(ForwardError::ConnectTimeout { addr, after }.is_unreachable());
+        assert!(!ForwardError::RequestHeadTooLarge { size: 1, limit: 0 }.is_unreachable());
+        assert!(!ForwardError::Connect405.is_unreachable());
+    }
+
+    #[test]
+    fn a_stream_slot_is_given_back_when_dropped() {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let a = StreamSlot::take(&streams);
+        let b = StreamSlot::take(&streams);
+        assert_eq!(streams.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(streams.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(streams.load(Ordering::Relaxed), 0);
+    }
+}
