@@ -24,6 +24,8 @@ pub struct Settings {
     /// How long a first connection to a destination waits for the controller's answer.
     pub discovery_wait: Duration,
     pub connect_timeout: Duration,
+    /// An opaque TCP connection idle both ways for this long is closed (`None`: never).
+    pub tcp_idle_timeout: Option<Duration>,
     /// This proxy's inbound port: a connection addressed to it is a peer proxy's opaque mTLS.
     pub inbound_port: u16,
     /// The inbound port of peer proxies.

@@ -103,6 +103,34 @@ struct RunArgs {
     /// connection per peer; http1 sends them as HTTP/1.1 on pooled mTLS connections.
     #[arg(long, value_enum, default_value = "h2")]
     mesh_protocol: smidge_proxy::http::pool::MeshProtocol,
+    /// The largest request or response head, counted as HTTP/2 does (name + value + 32 bytes
+    /// per header). The same on every hop: over it a request gets 431, a response 502.
+    #[arg(long, default_value = "65536", value_parser = clap::value_parser!(u32).range(16384..))]
+    max_header_bytes: u32,
+    /// Concurrent streams per HTTP/2 connection (advertised, and where the pool opens another
+    /// connection to the same peer).
+    #[arg(long, default_value = "256", value_parser = clap::value_parser!(u32).range(1..))]
+    h2_max_concurrent_streams: u32,
+    /// The HTTP/2 window of one stream; a connection's window is this times the stream limit,
+    /// so one slow stream never stalls the others.
+    #[arg(long, default_value = "1048576", value_parser = clap::value_parser!(u32).range(65535..=8388608))]
+    h2_stream_window_bytes: u32,
+    /// How long a request waits for the response head before a 504 (`smidge-error: timeout`);
+    /// 0 waits forever.
+    #[arg(long, default_value = "60000")]
+    response_timeout_ms: u64,
+    /// HTTP/2 PING between proxies after this much silence, so a dead peer is found.
+    #[arg(long, default_value = "10000", value_parser = clap::value_parser!(u64).range(1..))]
+    h2_keepalive_interval_ms: u64,
+    /// A PING unanswered for this long drops the connection.
+    #[arg(long, default_value = "10000", value_parser = clap::value_parser!(u64).range(1..))]
+    h2_keepalive_timeout_ms: u64,
+    /// How long an HTTP/1 client may take to send a request head.
+    #[arg(long, default_value = "30000", value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_ms: u64,
+    /// An opaque TCP connection idle both ways for this long is closed; 0 never.
+    #[arg(long, default_value = "3600")]
+    tcp_idle_timeout_secs: u64,
 }
 
 /// `--proxy-uid`: a uid, or none.
@@ -240,6 +268,17 @@ fn main() -> ExitCode {
                 socket_mark: args.socket_mark,
                 idle_subscription: Duration::from_secs(args.idle_subscription_secs),
                 mesh_protocol: args.mesh_protocol,
+                http: smidge_proxy::http::limits::HttpLimits {
+                    max_header_bytes: args.max_header_bytes,
+                    max_concurrent_streams: args.h2_max_concurrent_streams,
+                    stream_window: args.h2_stream_window_bytes,
+                    response_timeout: Duration::from_millis(args.response_timeout_ms),
+                    keepalive_interval: Duration::from_millis(args.h2_keepalive_interval_ms),
+                    keepalive_timeout: Duration::from_millis(args.h2_keepalive_timeout_ms),
+                    header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+                },
+                tcp_idle_timeout: (args.tcp_idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(args.tcp_idle_timeout_secs)),
                 identity,
             };
             let runtime = if threads == 1 {

@@ -43,6 +43,10 @@ pub struct Config {
     pub idle_subscription: Duration,
     /// How the app's HTTP/1 requests cross between proxies.
     pub mesh_protocol: crate::http::pool::MeshProtocol,
+    /// Header limit, HTTP/2 windows and streams, keepalive and HTTP timeouts.
+    pub http: crate::http::limits::HttpLimits,
+    /// An opaque TCP connection with no bytes either way for this long is closed (`None`: never).
+    pub tcp_idle_timeout: Option<Duration>,
     /// mTLS and the secured control channel; `None` only against a controller without identity.
     pub identity: Option<IdentitySettings>,
 }
@@ -150,6 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(30),
             max_idle_per_addr: 16,
             mesh_protocol: config.mesh_protocol,
+            limits: config.http.clone(),
         },
         mesh.clone(),
     );
@@ -160,6 +165,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             opaque_ports: config.opaque_ports.clone(),
             discovery_wait: config.discovery_wait,
             connect_timeout: config.connect_timeout,
+            tcp_idle_timeout: config.tcp_idle_timeout,
             inbound_port: config.inbound.port(),
             peer_inbound_port: config.inbound.port(),
             own_ports: crate::inbound::guard::OwnPorts {

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use smidge_protocol::path::normalize;
 
@@ -28,6 +28,13 @@ pub fn prepare<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     }
     if connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("host")) {
         return Err("connection-nominates-host");
+    }
+    // A Host that is no authority (`a b`) would be judged by the policy as one thing and
+    // rebuilt into a URI as another, or not at all.
+    if let Some(host) = req.headers().get(HOST) {
+        if !host.is_empty() && Authority::try_from(host.as_bytes()).is_err() {
+            return Err("bad-host");
+        }
     }
     if req.method() == Method::CONNECT {
         // Only authority-form (`CONNECT host:port`) names no path; a CONNECT with a path would be
@@ -194,6 +201,22 @@ mod tests {
         hop.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close, Host"));
         assert_eq!(prepare(&mut hop), Err("connection-nominates-host"));
+    }
+
+    #[test]
+    fn a_host_that_is_no_authority_is_refused() {
+        for bad in ["a b", "web/x", "web?q"] {
+            let mut req = get("/");
+            req.headers_mut()
+                .insert(HOST, HeaderValue::from_str(bad).expect("value"));
+            assert_eq!(prepare(&mut req), Err("bad-host"), "{bad}");
+        }
+        for good in ["web", "web.mesh:8080", "10.0.0.1:80", "[::1]:80", ""] {
+            let mut req = get("/");
+            req.headers_mut()
+                .insert(HOST, HeaderValue::from_str(good).expect("value"));
+            assert_eq!(prepare(&mut req), Ok(()), "{good}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the upstream connection pool, hop-by-hop headers, upgrades and locally made responses.
 
 pub mod guard;
+pub mod limits;
 pub mod observe;
 pub mod pool;
 pub mod serve;
@@ -83,10 +84,37 @@ pub fn to_mesh_h2<B>(req: &mut Request<B>, fallback: std::net::SocketAddr) {
     *req.version_mut() = http::Version::HTTP_2;
 }
 
-/// Undoes [`to_mesh_h2`] before the request reaches the app.
-pub fn from_mesh_h2<B>(req: &mut Request<B>) {
+/// Carries an HTTP/1 response's own reason phrase (`501 Unsupported method`) across the
+/// HTTP/2 hop, which has none.
+pub const REASON_HEADER: &str = "smidge-reason";
+
+/// Inbound, for a request that crossed as HTTP/2: the app's reason phrase into a header.
+pub fn reason_to_header<B>(resp: &mut Response<B>) {
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .and_then(|r| HeaderValue::from_bytes(r.as_bytes()).ok());
+    if let Some(reason) = reason {
+        resp.headers_mut().insert(REASON_HEADER, reason);
+    }
+}
+
+/// Outbound, for a response that crossed as HTTP/2: the header back into the reason phrase the
+/// HTTP/1 client gets.
+pub fn reason_from_header<B>(resp: &mut Response<B>) {
+    let reason = resp
+        .headers_mut()
+        .remove(REASON_HEADER)
+        .and_then(|v| hyper::ext::ReasonPhrase::try_from(v.as_bytes().to_vec()).ok());
+    if let Some(reason) = reason {
+        resp.extensions_mut().insert(reason);
+    }
+}
+
+/// Undoes [`to_mesh_h2`] before the request reaches the app; says whether it did.
+pub fn from_mesh_h2<B>(req: &mut Request<B>) -> bool {
     let Some(orig) = req.headers_mut().remove(ORIG_PROTO_HEADER) else {
-        return;
+        return false;
     };
     *req.version_mut() = if orig.as_bytes() == b"HTTP/1.0" {
         http::Version::HTTP_10
@@ -108,6 +136,7 @@ pub fn from_mesh_h2<B>(req: &mut Request<B>) {
     if let Ok(uri) = path.parse() {
         *req.uri_mut() = uri;
     }
+    true
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
@@ -198,6 +227,29 @@ mod tests {
             Some(&b"web.shop:80"[..])
         );
         assert!(req.headers().get(ORIG_PROTO_HEADER).is_none());
+    }
+
+    #[test]
+    fn a_reason_phrase_crosses_the_h2_hop_and_none_is_made_up() {
+        let mut resp = Response::new(());
+        resp.extensions_mut().insert(
+            hyper::ext::ReasonPhrase::try_from(&b"Unsupported method"[..]).expect("reason"),
+        );
+        reason_to_header(&mut resp);
+        let mut crossed = Response::new(());
+        *crossed.headers_mut() = resp.headers().clone();
+        reason_from_header(&mut crossed);
+        assert!(crossed.headers().get(REASON_HEADER).is_none());
+        assert_eq!(
+            crossed
+                .extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| r.as_bytes()),
+            Some(&b"Unsupported method"[..])
+        );
+        let mut plain = Response::new(());
+        reason_to_header(&mut plain);
+        assert!(plain.headers().is_empty());
     }
 
     #[test]

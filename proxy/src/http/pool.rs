@@ -1,9 +1,11 @@
-//! Upstream HTTP connections, pooled per address: idle HTTP/1 connections wait for reuse,
-//! one multiplexed HTTP/2 connection per address.
+//! Upstream HTTP connections, pooled per address: idle HTTP/1 connections wait for reuse;
+//! HTTP/2 connections are multiplexed, and another is opened when every one is at the stream
+//! limit, so a request never waits for a stream slot.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use smidge_protocol::Identity;
 
+use super::limits::HttpLimits;
 use crate::identity::{Alpn, MeshIdentity};
 use crate::net::BoxIo;
 
@@ -39,6 +42,18 @@ pub enum ForwardError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("CONNECT is not forwarded")]
+    Connect405,
+    #[error("no response head from {addr} within {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("request head of {size} bytes is over the limit of {limit}")]
+    RequestHeadTooLarge { size: usize, limit: u32 },
+    #[error("response head of {size} bytes from {addr} is over the limit of {limit}")]
+    ResponseHeadTooLarge {
+        addr: SocketAddr,
+        size: usize,
+        limit: u32,
+    },
 }
 
 impl ForwardError {
@@ -50,8 +65,112 @@ impl ForwardError {
                 | ForwardError::ConnectTimeout { .. }
                 | ForwardError::Tls { .. }
                 | ForwardError::Handshake { .. }
-        )
+                | ForwardError::Timeout { .. }
+        ) || matches!(self, ForwardError::Http { source, .. } if source.is_timeout())
     }
+}
+
+/// Which hop a forwarding error is about, as the `smidge-error` reason names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// The inbound proxy's app.
+    App,
+    /// The outbound proxy's upstream: a peer proxy or an un-meshed server.
+    Upstream,
+}
+
+impl Hop {
+    fn unreachable(self) -> &'static str {
+        match self {
+            Hop::App => "app-unreachable",
+            Hop::Upstream => "upstream-unreachable",
+        }
+    }
+
+    fn reset(self) -> &'static str {
+        match self {
+            Hop::App => "app-reset",
+            Hop::Upstream => "upstream-reset",
+        }
+    }
+
+    fn protocol_error(self) -> &'static str {
+        match self {
+            Hop::App => "app-protocol-error",
+            Hop::Upstream => "upstream-protocol-error",
+        }
+    }
+}
+
+impl ForwardError {
+    /// The status and `smidge-error` reason for the client: what happened, and at which hop.
+    pub fn answer(&self, hop: Hop) -> (http::StatusCode, &'static str) {
+        use http::StatusCode as S;
+        match self {
+            ForwardError::Connect { source, .. }
+                if source.kind() == io::ErrorKind::ConnectionRefused =>
+            {
+                (S::BAD_GATEWAY, "connection-refused")
+            }
+            ForwardError::Connect { .. }
+            | ForwardError::Tls { .. }
+            | ForwardError::Handshake { .. } => (S::BAD_GATEWAY, hop.unreachable()),
+            ForwardError::ConnectTimeout { .. } => (S::GATEWAY_TIMEOUT, "connect-timeout"),
+            ForwardError::Connect405 => (S::METHOD_NOT_ALLOWED, "connect-unsupported"),
+            ForwardError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "timeout"),
+            ForwardError::RequestHeadTooLarge { .. } => (
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request-headers-too-large",
+            ),
+            ForwardError::ResponseHeadTooLarge { .. } => {
+                (S::BAD_GATEWAY, "response-headers-too-large")
+            }
+            ForwardError::Http { source, .. } => http_answer(source, hop),
+        }
+    }
+}
+
+/// Sorts a failure after the request was handed to the connection.
+fn http_answer(e: &hyper::Error, hop: Hop) -> (http::StatusCode, &'static str) {
+    use http::StatusCode as S;
+    if e.is_timeout() {
+        return (S::GATEWAY_TIMEOUT, "timeout");
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        return (S::BAD_GATEWAY, hop.protocol_error());
+    }
+    if e.is_user() {
+        return (S::BAD_REQUEST, "bad-request");
+    }
+    if e.is_incomplete_message() || io_kind(e).is_some_and(is_reset) {
+        return (S::BAD_GATEWAY, hop.reset());
+    }
+    if e.is_canceled() || e.is_closed() {
+        return (S::BAD_GATEWAY, hop.unreachable());
+    }
+    (S::BAD_GATEWAY, hop.protocol_error())
+}
+
+/// The kind of the I/O error under `e`, if one caused it.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn is_reset(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 struct Idle {
@@ -70,6 +189,8 @@ pub struct PoolConfig {
     /// How HTTP/1 requests cross to a meshed peer: multiplexed as HTTP/2 on one connection
     /// (the default), or as HTTP/1.1 on pooled connections.
     pub mesh_protocol: MeshProtocol,
+    /// Header limit, windows, keepalive and the response timeout.
+    pub limits: HttpLimits,
 }
 
 /// The protocol between proxies for the app's HTTP/1 requests.
@@ -98,7 +219,30 @@ pub struct Pool {
     config: PoolConfig,
     mesh: Option<Arc<MeshIdentity>>,
     h1: Mutex<HashMap<Target, Vec<Idle>>>,
-    h2: Mutex<HashMap<Target, http2::SendRequest<Incoming>>>,
+    h2: Mutex<HashMap<Target, Vec<H2Conn>>>,
+}
+
+/// One multiplexed connection and how many of its streams are in use.
+struct H2Conn {
+    sender: http2::SendRequest<Incoming>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One stream slot on an [`H2Conn`], given back when dropped (with the response body).
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &Arc<AtomicUsize>) -> StreamSlot {
+        streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -124,16 +268,38 @@ impl Pool {
         }
     }
 
-    /// Sends `req` to `target` in the request's own HTTP version.
+    /// The data path's limits and timeouts.
+    pub fn limits(&self) -> &HttpLimits {
+        &self.config.limits
+    }
+
+    /// Sends `req` to `target` in the request's own HTTP version, waiting for the response
+    /// head at most the response timeout. An HTTP/2 response comes with the stream slot it
+    /// holds, to be dropped with its body.
     pub async fn send(
         self: &Arc<Self>,
         target: &Target,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        if req.version() == Version::HTTP_2 {
-            self.send_h2(target, req).await
-        } else {
-            self.send_h1(target, req).await
+    ) -> Result<(Response<Incoming>, Option<StreamSlot>), ForwardError> {
+        let sending = async {
+            if req.version() == Version::HTTP_2 {
+                self.send_h2(target, req)
+                    .await
+                    .map(|(resp, slot)| (resp, Some(slot)))
+            } else {
+                self.send_h1(target, req).await.map(|resp| (resp, None))
+            }
+        };
+        match self.config.limits.response_timeout() {
+            None => sending.await,
+            Some(after) => {
+                tokio::time::timeout(after, sending)
+                    .await
+                    .map_err(|_| ForwardError::Timeout {
+                        addr: target.addr,
+                        after,
+                    })?
+            }
         }
     }
 
@@ -260,31 +426,45 @@ impl Pool {
         &self,
         target: &Target,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<(Response<Incoming>, StreamSlot), ForwardError> {
         let addr = target.addr;
-        let existing = self
-            .h2
-            .lock()
-            .ok()
-            .and_then(|m| m.get(target).filter(|s| !s.is_closed()).cloned());
-        let mut sender = match existing {
-            Some(s) => s,
+        let (mut sender, slot) = match self.h2_slot(target) {
+            Some(found) => found,
             None => {
-                let s = self.connect_h2(target).await?;
+                let sender = self.connect_h2(target).await?;
+                let streams = Arc::new(AtomicUsize::new(0));
+                let slot = StreamSlot::take(&streams);
                 if let Ok(mut m) = self.h2.lock() {
-                    m.insert(target.clone(), s.clone());
+                    m.entry(target.clone()).or_default().push(H2Conn {
+                        sender: sender.clone(),
+                        streams,
+                    });
                 }
-                s
+                (sender, slot)
             }
         };
         sender
             .ready()
             .await
             .map_err(|source| ForwardError::Http { addr, source })?;
-        sender
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| ForwardError::Http { addr, source })
+            .map_err(|source| ForwardError::Http { addr, source })?;
+        Ok((resp, slot))
+    }
+
+    /// A free stream on an open connection to `target`, if one has room; closed connections
+    /// are forgotten on the way.
+    fn h2_slot(&self, target: &Target) -> Option<(http2::SendRequest<Incoming>, StreamSlot)> {
+        let max = self.config.limits.max_concurrent_streams.max(1) as usize;
+        let mut m = self.h2.lock().ok()?;
+        let conns = m.get_mut(target)?;
+        conns.retain(|c| !c.sender.is_closed());
+        conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < max)
+            .map(|c| (c.sender.clone(), StreamSlot::take(&c.streams)))
     }
 
     async fn connect_h2(
@@ -293,8 +473,16 @@ impl Pool {
     ) -> Result<http2::SendRequest<Incoming>, ForwardError> {
         let addr = target.addr;
         let io = TokioIo::new(self.connect(target, Alpn::H2).await?);
+        let limits = &self.config.limits;
+        // Keepalive finds a silently dead peer; the windows keep a slow stream to itself.
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_stream_window_size(limits.stream_window)
+            .initial_connection_window_size(limits.connection_window())
+            .max_header_list_size(limits.max_header_bytes)
+            .keep_alive_interval(limits.keepalive_interval)
+            .keep_alive_timeout(limits.keepalive_timeout)
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await
             .map_err(|source| ForwardError::Handshake { addr, source })?;
@@ -316,7 +504,102 @@ impl Pool {
             });
         }
         if let Ok(mut m) = self.h2.lock() {
-            m.retain(|_, s| !s.is_closed());
+            m.retain(|_, conns| {
+                conns.retain(|c| !c.sender.is_closed());
+                !conns.is_empty()
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn each_failure_is_answered_with_what_happened_and_where() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let connect = |kind| ForwardError::Connect {
+            addr,
+            source: io::Error::from(kind),
+        };
+        let after = Duration::from_secs(1);
+        for (error, hop, expected) in [
+            (
+                connect(io::ErrorKind::ConnectionRefused),
+                Hop::App,
+                (StatusCode::BAD_GATEWAY, "connection-refused"),
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                Hop::App,
+                (StatusCode::BAD_GATEWAY, "app-unreachable"),
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                Hop::Upstream,
+                (StatusCode::BAD_GATEWAY, "upstream-unreachable"),
+            ),
+            (
+                ForwardError::ConnectTimeout { addr, after },
+                Hop::Upstream,
+                (StatusCode::GATEWAY_TIMEOUT, "connect-timeout"),
+            ),
+            (
+                ForwardError::Timeout { addr, after },
+                Hop::App,
+                (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ),
+            (
+                ForwardError::RequestHeadTooLarge {
+                    size: 70_000,
+                    limit: 65_536,
+                },
+                Hop::Upstream,
+                (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request-headers-too-large",
+                ),
+            ),
+            (
+                ForwardError::ResponseHeadTooLarge {
+                    addr,
+                    size: 70_000,
+                    limit: 65_536,
+                },
+                Hop::App,
+                (StatusCode::BAD_GATEWAY, "response-headers-too-large"),
+            ),
+            (
+                ForwardError::Connect405,
+                Hop::Upstream,
+                (StatusCode::METHOD_NOT_ALLOWED, "connect-unsupported"),
+            ),
+        ] {
+            assert_eq!(error.answer(hop), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn timeouts_and_failed_connections_count_against_the_endpoint_and_oversized_heads_do_not() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let after = Duration::from_secs(1);
+        assert!(ForwardError::Timeout { addr, after }.is_unreachable());
+        assert!(ForwardError::ConnectTimeout { addr, after }.is_unreachable());
+        assert!(!ForwardError::RequestHeadTooLarge { size: 1, limit: 0 }.is_unreachable());
+        assert!(!ForwardError::Connect405.is_unreachable());
+    }
+
+    #[test]
+    fn a_stream_slot_is_given_back_when_dropped() {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let a = StreamSlot::take(&streams);
+        let b = StreamSlot::take(&streams);
+        assert_eq!(streams.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(streams.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(streams.load(Ordering::Relaxed), 0);
     }
 }

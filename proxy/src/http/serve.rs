@@ -5,18 +5,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::limits::HttpLimits;
 use super::pool::{ForwardError, Pool, Target};
 use super::{is_upgrade, stream, strip_hop_by_hop, to_mesh_h2, Body};
 use crate::net::detect::Protocol;
 
 /// Serves one client connection in the detected HTTP version until it closes.
-pub async fn serve<I, S>(io: I, protocol: Protocol, service: S) -> Result<(), hyper::Error>
+pub async fn serve<I, S>(
+    io: I,
+    protocol: Protocol,
+    limits: &HttpLimits,
+    service: S,
+) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -29,14 +36,28 @@ where
     let service = TowerToHyperService::new(service);
     match protocol {
         Protocol::Http2 => {
+            // The windows keep a slow stream to itself; keepalive finds a silently dead peer.
             http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .initial_stream_window_size(limits.stream_window)
+                .initial_connection_window_size(limits.connection_window())
+                .max_header_list_size(limits.max_header_bytes)
+                .keep_alive_interval(limits.keepalive_interval)
+                .keep_alive_timeout(limits.keepalive_timeout)
+                // The app's response keeps its own headers: no Date is added.
+                .auto_date_header(false)
                 .serve_connection(io, service)
                 .await
         }
         _ => {
+            // Half-close: a client that shuts its write side after the request still gets
+            // the response.
             http1::Builder::new()
                 .timer(TokioTimer::new())
+                .half_close(true)
+                .header_read_timeout(limits.header_read_timeout)
+                .auto_date_header(false)
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await
@@ -50,6 +71,7 @@ pub async fn serve_observed<I, S>(
     direction: &'static str,
     io: I,
     protocol: Protocol,
+    limits: &HttpLimits,
     service: S,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -65,7 +87,7 @@ pub async fn serve_observed<I, S>(
             direction,
         ))
         .service(service);
-    if let Err(e) = serve(io, protocol, service).await {
+    if let Err(e) = serve(io, protocol, limits, service).await {
         tracing::debug!(direction, error = %e, "HTTP connection ended");
     }
 }
@@ -85,17 +107,40 @@ pub async fn forward(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     // Only proxies set these, and only between themselves (`to_mesh_h2` adds its own below).
     super::guard::strip_mesh_headers(req.headers_mut());
+    // Hyper would send it as `CONNECT /` (or not at all): refused rather than mangled.
+    if req.method() == http::Method::CONNECT {
+        return Err(ForwardError::Connect405);
+    }
     let version = req.version();
-    if target.peer.is_some()
+    let meshed = target.peer.is_some()
         && !upgrade
         && version != http::Version::HTTP_2
-        && pool.mesh_protocol() == super::pool::MeshProtocol::Http2
-    {
+        && pool.mesh_protocol() == super::pool::MeshProtocol::Http2;
+    if meshed {
         to_mesh_h2(&mut req, addr);
     }
+    // One head limit on every hop: checked here, before the peer would refuse it for the
+    // whole connection.
+    let limits = pool.limits();
+    limits
+        .request_fits(&req)
+        .map_err(|size| ForwardError::RequestHeadTooLarge {
+            size,
+            limit: limits.max_header_bytes,
+        })?;
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = pool.send(target, req).await?;
+    let (mut resp, slot) = pool.send(target, req).await?;
+    limits
+        .response_fits(&resp)
+        .map_err(|size| ForwardError::ResponseHeadTooLarge {
+            addr,
+            size,
+            limit: limits.max_header_bytes,
+        })?;
     *resp.version_mut() = version;
+    if meshed {
+        super::reason_from_header(&mut resp);
+    }
     match downstream {
         Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let upstream = hyper::upgrade::on(&mut resp);
@@ -116,5 +161,14 @@ pub async fn forward(
         }
         _ => strip_hop_by_hop(resp.headers_mut(), false),
     }
-    Ok(resp.map(stream))
+    Ok(resp.map(|body| match slot {
+        Some(slot) => stream(body)
+            .map_frame(move |frame| {
+                // Holds the HTTP/2 stream slot until the body is done or dropped.
+                let _held = &slot;
+                frame
+            })
+            .boxed(),
+        None => stream(body),
+    }))
 }

@@ -19,7 +19,10 @@ use crate::http::guard::{only_websocket_upgrade, prepare};
 use crate::http::observe::Labels;
 use crate::http::pool::Target;
 use crate::http::serve::forward;
-use crate::http::{from_mesh_h2, local_response, Body, Head, DENIED_HEADER, ERROR_HEADER};
+use crate::http::{
+    from_mesh_h2, local_response, reason_to_header, Body, Head, DENIED_HEADER, ERROR_HEADER,
+    REASON_HEADER,
+};
 use crate::metrics::DenyLabels;
 use crate::net::detect::Protocol;
 
@@ -42,7 +45,15 @@ pub async fn serve<I>(
         tls: caller.tls,
         client: caller.identity.map(Arc::new),
     };
-    crate::http::serve::serve_observed(&ctx.metrics, "inbound", io, protocol, authorize).await;
+    crate::http::serve::serve_observed(
+        &ctx.metrics,
+        "inbound",
+        io,
+        protocol,
+        ctx.pool.limits(),
+        authorize,
+    )
+    .await;
 }
 
 /// Authorizes each request of one connection, then forwards it to the app.
@@ -81,9 +92,7 @@ impl tower::Service<Request<Incoming>> for Authorize {
             ..Labels::default()
         };
         let mut req = req;
-        if tls {
-            from_mesh_h2(&mut req);
-        }
+        let meshed = tls && from_mesh_h2(&mut req);
         // Checked and normalized before authorization, so the policy judges what the app gets.
         let decision = match prepare(&mut req) {
             Err(reason) => Err((StatusCode::BAD_REQUEST, reason)),
@@ -100,10 +109,18 @@ impl tower::Service<Request<Incoming>> for Authorize {
                 Ok(by) => {
                     labels.route = by;
                     match forward(&ctx.pool, &app, req).await {
-                        Ok(resp) => resp,
+                        Ok(mut resp) => {
+                            // Only this proxy says what the app's reason phrase was.
+                            resp.headers_mut().remove(REASON_HEADER);
+                            if meshed {
+                                reason_to_header(&mut resp);
+                            }
+                            resp
+                        }
                         Err(e) => {
                             tracing::info!(app = %app.addr, error = %e, "inbound request failed");
-                            local_response(StatusCode::BAD_GATEWAY, ERROR_HEADER, "app-unreachable")
+                            let (status, reason) = e.answer(crate::http::pool::Hop::App);
+                            local_response(status, ERROR_HEADER, reason)
                         }
                     }
                 }

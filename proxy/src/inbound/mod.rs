@@ -136,7 +136,9 @@ async fn plaintext_caller(ctx: &Ctx, peer: SocketAddr) -> Option<Identity> {
 }
 
 /// Authorizes an opaque TCP connection once, then forwards it to the app.
-async fn opaque<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+async fn opaque<
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + crate::net::activity::Resettable,
+>(
     ctx: &Arc<Ctx>,
     io: I,
     dst: SocketAddr,
@@ -161,7 +163,15 @@ async fn opaque<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         authority: ctx.metrics.inbound_authority(dst),
         protocol: if caller.tls { "mtls" } else { "opaque" },
     };
-    crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, app).await;
+    crate::tcp::forward(
+        &ctx.metrics,
+        labels,
+        io,
+        &ctx.pool,
+        app,
+        ctx.settings.tcp_idle_timeout,
+    )
+    .await;
 }
 
 /// The current policy's decision; `Err` carries the reason to name.

@@ -1,5 +1,6 @@
 //! Socket-level pieces shared by both directions: original destination, detection, replay.
 
+pub mod activity;
 pub mod connect;
 pub mod detect;
 pub mod orig_dst;

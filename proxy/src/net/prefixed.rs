@@ -17,6 +17,10 @@ impl<I> PrefixedIo<I> {
     pub fn new(prefix: Bytes, inner: I) -> Self {
         PrefixedIo { prefix, inner }
     }
+
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {

@@ -35,7 +35,15 @@ pub async fn serve<I>(
         dst,
         rx,
     };
-    crate::http::serve::serve_observed(&ctx.metrics, "outbound", io, protocol, router).await;
+    crate::http::serve::serve_observed(
+        &ctx.metrics,
+        "outbound",
+        io,
+        protocol,
+        ctx.pool.limits(),
+        router,
+    )
+    .await;
 }
 
 /// Routes each request of one client connection.
@@ -166,11 +174,8 @@ async fn send(
                 Some(f) if e.is_unreachable() => f.failed(),
                 other => drop(other),
             }
-            local_response(
-                StatusCode::BAD_GATEWAY,
-                ERROR_HEADER,
-                "upstream-unreachable",
-            )
+            let (status, reason) = e.answer(crate::http::pool::Hop::Upstream);
+            local_response(status, ERROR_HEADER, reason)
         }
     };
     with_labels(resp, labels)

@@ -12,7 +12,7 @@ use crate::metrics::TcpLabels;
 use crate::views::{pick_weighted, total_weight, Compiled};
 
 /// Forwards to the original destination untouched.
-pub async fn passthrough<I: AsyncRead + AsyncWrite + Unpin>(
+pub async fn passthrough<I: AsyncRead + AsyncWrite + Unpin + crate::net::activity::Resettable>(
     ctx: &Arc<Ctx>,
     io: I,
     dst: SocketAddr,
@@ -31,14 +31,31 @@ pub async fn passthrough<I: AsyncRead + AsyncWrite + Unpin>(
             addr: std::net::SocketAddr::new(target.addr.ip(), ctx.settings.peer_inbound_port),
             peer: target.peer.clone(),
         };
-        crate::tcp::forward_with(&ctx.metrics, labels, io, &ctx.pool, &via, Some(port)).await;
+        crate::tcp::forward_with(
+            &ctx.metrics,
+            labels,
+            io,
+            &ctx.pool,
+            &via,
+            Some(port),
+            ctx.settings.tcp_idle_timeout,
+        )
+        .await;
         return;
     }
-    crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, &target).await;
+    crate::tcp::forward(
+        &ctx.metrics,
+        labels,
+        io,
+        &ctx.pool,
+        &target,
+        ctx.settings.tcp_idle_timeout,
+    )
+    .await;
 }
 
 /// Forwards to an endpoint of the Service's TCP route.
-pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin>(
+pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin + crate::net::activity::Resettable>(
     ctx: &Arc<Ctx>,
     io: I,
     dst: SocketAddr,
@@ -81,9 +98,26 @@ pub async fn balanced<I: AsyncRead + AsyncWrite + Unpin>(
             addr: std::net::SocketAddr::new(target.addr.ip(), ctx.settings.peer_inbound_port),
             peer: target.peer.clone(),
         };
-        crate::tcp::forward_with(&ctx.metrics, labels, io, &ctx.pool, &via, Some(port)).await
+        crate::tcp::forward_with(
+            &ctx.metrics,
+            labels,
+            io,
+            &ctx.pool,
+            &via,
+            Some(port),
+            ctx.settings.tcp_idle_timeout,
+        )
+        .await
     } else {
-        crate::tcp::forward(&ctx.metrics, labels, io, &ctx.pool, &target).await
+        crate::tcp::forward(
+            &ctx.metrics,
+            labels,
+            io,
+            &ctx.pool,
+            &target,
+            ctx.settings.tcp_idle_timeout,
+        )
+        .await
     };
     if !reached {
         open.failed();
