@@ -13,7 +13,10 @@ pub fn capture(
         SockType,
     };
     use std::os::fd::AsRawFd;
-    std::thread::spawn(move || {
+    // Returns only once the socket captures: traffic the caller starts next is all seen.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let ready = ready_tx;
         smidge_local_cluster::netns::enter_netns(&netns)?;
         let fd = socket(
             AddressFamily::Packet,
@@ -21,6 +24,7 @@ pub fn capture(
             SockFlag::empty(),
             SockProtocol::EthAll,
         )?;
+        let _ = ready.send(());
         setsockopt(
             &fd,
             sockopt::ReceiveTimeout,
@@ -36,5 +40,8 @@ pub fn capture(
             }
         }
         Ok(seen)
-    })
+    });
+    // An error before the socket existed drops the sender: the caller then finds it on join.
+    let _ = ready_rx.recv();
+    handle
 }
