@@ -228,6 +228,39 @@ pub fn write_hosts(netns: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rewrites the hosts file of `netns` only while its `/etc/netns` directory exists: a pod being
+/// removed meanwhile is not given the directory back. Returns whether it wrote.
+pub fn update_hosts(netns: &str, text: &str) -> anyhow::Result<bool> {
+    let path = etc_dir(netns).join("hosts");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+/// Removes the `/etc/netns` directories whose names start with `prefix` (what a crashed run, or
+/// a race with a pod's removal, left).
+pub fn remove_etc_with_prefix(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir("/etc/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Where [`write_hosts`] writes, for programs that bind-mount it themselves.
 pub fn hosts_path(netns: &str) -> std::path::PathBuf {
     etc_dir(netns).join("hosts")

@@ -259,6 +259,7 @@ impl KubeCluster {
                 tracing::warn!(netns = %ns, error = format!("{e:#}"), "removing a pod namespace");
             }
         }
+        netns::remove_etc_with_prefix(&prefix);
         if let Some(plane) = self.plane.take() {
             if let Err(e) = plane.stop() {
                 tracing::warn!(error = format!("{e:#}"), "stopping the control plane");

@@ -86,7 +86,8 @@ pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<
             let text = kubelet.hosts(&namespace, Some((sb.ip, &sb.hostname)));
             let path = crate::netns::hosts_path(&netns);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                if let Err(e) = crate::netns::write_hosts(&netns, &text) {
+                // Only a pod whose sandbox is still there: never recreate a removed pod's files.
+                if let Err(e) = crate::netns::update_hosts(&netns, &text) {
                     tracing::warn!(
                         netns,
                         error = format!("{e:#}"),

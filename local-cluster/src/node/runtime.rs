@@ -137,6 +137,10 @@ pub fn remove_sandbox(record: &PodRecord) {
             tracing::warn!(netns = %record.netns, error = format!("{e:#}"), "removing a pod sandbox");
         }
     }
+    // Its /etc/netns files, also when the namespace was already gone.
+    if let Some(dir) = netns::hosts_path(&record.netns).parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// One file of a volume: a path relative to the volume, its bytes and mode.
