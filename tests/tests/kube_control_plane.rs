@@ -6,71 +6,16 @@
 //! Builds the control plane first when it is missing (`kube/build.sh`); `SMIDGE_SKIP_KUBE` set
 //! skips instead, with a message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::Value;
 use smidge_local_cluster::kube::{ControlPlane, Options, COMPONENTS};
 
 /// How long the controllers get to turn a Deployment into Pods.
 const CONTROLLERS_TIMEOUT: Duration = Duration::from_secs(90);
 
-use smidge_e2e::kube::binaries;
-
-struct Kubectl {
-    program: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(&self.program)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .with_context(|| format!("running kubectl {args:?}"))
-    }
-
-    /// Stdout of a kubectl command that must succeed.
-    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.run(args)?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
-    }
-
-    fn items(&self, args: &[&str]) -> anyhow::Result<Vec<Value>> {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let list: Value = serde_json::from_str(&self.ok(&all)?)?;
-        Ok(list["items"].as_array().cloned().unwrap_or_default())
-    }
-}
-
-/// The processes whose command line names `dir`.
-fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&needle).then_some((pid, cmdline))
-        })
-        .collect()
-}
+use smidge_e2e::kube::{binaries, processes_naming, Kubectl};
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
