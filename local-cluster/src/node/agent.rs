@@ -72,7 +72,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     tokio::spawn(super::registration::run(client.clone(), facts));
 
-    let kubelet = Arc::new(Kubelet::new(config.clone(), client.clone())?);
+    let kubelet = Arc::new(Kubelet::new(config.clone(), client.clone()));
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from((config.node_ip, config.log_port)))
             .await

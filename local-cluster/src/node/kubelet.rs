@@ -61,13 +61,13 @@ pub struct Kubelet {
 }
 
 impl Kubelet {
-    pub fn new(config: AgentConfig, client: kube::Client) -> anyhow::Result<Kubelet> {
-        Ok(Kubelet {
+    pub fn new(config: AgentConfig, client: kube::Client) -> Kubelet {
+        Kubelet {
             config,
             client,
             snapshot: Mutex::new(Snapshot::default()),
             services: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// Every pod sandbox.
@@ -144,8 +144,6 @@ impl Kubelet {
                 let worker = workers
                     .entry(uid.clone())
                     .or_insert_with(|| Worker::new(&self.config, pod));
-                let used: BTreeSet<Ipv4Addr> = BTreeSet::new();
-                let _ = used;
                 if let Err(e) = worker.sync(&self, pod, &mut ipam).await {
                     tracing::warn!(pod = %format!("{}/{}", worker.record.namespace, worker.record.name), error = format!("{e:#}"), "syncing a pod");
                 }
@@ -702,7 +700,7 @@ impl Worker {
                 let mut spec = spec;
                 spec.log = self.dirs.log(name, attempt);
                 let spec_path = self.dirs.container(name).join("spec.json");
-                Container::start(&self.shim_path(k), spec, spec_path)
+                Container::start(&k.shim_program(), spec, spec_path)
                     .map_err(|e| waiting("RunContainerError", format!("{e:#}")))
             }),
         };
@@ -742,10 +740,6 @@ impl Worker {
                 state.observed = observed;
             }
         }
-    }
-
-    fn shim_path(&self, k: &Kubelet) -> PathBuf {
-        k.shim_program()
     }
 
     /// What the shim runs for container `c`, or why it cannot start (as a waiting state).
