@@ -214,13 +214,21 @@ fn pod(pod: core::Pod) -> Result<Body, Findings> {
             Err(f) => errors.push(f),
         }
     }
-    let inject = match pod
+    // The injector's label says the pod has a proxy, whatever its annotations asked for: the
+    // kubernetes provider watches only such pods, so every pod it knows is meshed.
+    let injected = pod
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(labels::MESHED));
+    let annotation = pod
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(labels::INJECT))
-        .map(String::as_str)
-    {
+        .map(String::as_str);
+    let inject = match annotation {
+        _ if injected => Some(true),
         Some(labels::INJECT_ENABLED) => Some(true),
         Some(labels::INJECT_DISABLED) => Some(false),
         Some(other) => {

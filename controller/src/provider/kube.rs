@@ -1,6 +1,6 @@
 //! The `kubernetes` provider: one watch per kind (Namespaces, ServiceAccounts, Services,
-//! EndpointSlices, Pods, and every SMI kind at the version smidge serves), each a source of the
-//! runtime.
+//! EndpointSlices, the Pods with the injector's label [`labels::MESHED`] (the meshed ones), and
+//! every SMI kind at the version smidge serves), each a source of the runtime.
 //!
 //! Every object arrives as untyped JSON ([`DynamicObject`]) and is converted by the same code as
 //! the file provider ([`manifest::read_value`]), so both providers give the same model objects
@@ -35,6 +35,8 @@ const BATCH: usize = 512;
 pub struct Watched {
     pub kind: Kind,
     pub resource: ApiResource,
+    /// A label selector: only the objects it selects are watched.
+    pub selector: Option<&'static str>,
 }
 
 /// Every kind the provider watches, at the version it reads (the API server converts objects
@@ -47,6 +49,7 @@ pub fn kinds() -> Vec<Watched> {
         Watched {
             kind,
             resource: ApiResource::erase::<K>(&()),
+            selector: None,
         }
     }
     vec![
@@ -54,7 +57,11 @@ pub fn kinds() -> Vec<Watched> {
         erase::<core::ServiceAccount>(Kind::ServiceAccount),
         erase::<core::Service>(Kind::Service),
         erase::<discovery::EndpointSlice>(Kind::EndpointSlice),
-        erase::<core::Pod>(Kind::Pod),
+        // Only the pods the injector gave a proxy: the meshed ones.
+        Watched {
+            selector: Some(labels::MESHED),
+            ..erase::<core::Pod>(Kind::Pod)
+        },
         erase::<access::v1alpha3::TrafficTarget>(Kind::TrafficTarget),
         erase::<specs::v1alpha4::HTTPRouteGroup>(Kind::HttpRouteGroup),
         erase::<specs::v1alpha4::TCPRoute>(Kind::TcpRoute),
@@ -215,6 +222,7 @@ impl KindSet {
     fn read(&self, obj: DynamicObject) -> Read {
         let id = self.id(&obj);
         let report = |severity, field: String, message: String| Report {
+            refused: (severity == Severity::Error).then(|| id.clone()),
             severity,
             file: None,
             object: id.to_string(),
@@ -295,6 +303,15 @@ fn string_map(entries: impl Iterator<Item = (String, String)>) -> Value {
     Value::Object(entries.map(|(k, v)| (k, Value::String(v))).collect())
 }
 
+/// The watcher's settings for `watched`: its label selector, if any.
+fn watch_config(watched: &Watched) -> watcher::Config {
+    let config = watcher::Config::default();
+    match watched.selector {
+        Some(selector) => config.labels(selector),
+        None => config,
+    }
+}
+
 /// Watches one kind and sends its batches: the first when the first list is complete, then
 /// one per burst of changes, and a replace-all after every relist (a 410 Gone, a reconnect
 /// the API server could not resume). Errors are logged and retried with kube-runtime's
@@ -302,7 +319,7 @@ fn string_map(entries: impl Iterator<Item = (String, String)>) -> Value {
 pub async fn run(client: kube::Client, watched: Watched, sink: Sink) -> anyhow::Result<()> {
     let api: Api<DynamicObject> = Api::all_with(client, &watched.resource);
     let kind = watched.kind;
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watch_config(&watched))
         .default_backoff()
         .ready_chunks(BATCH);
     futures_util::pin_mut!(stream);
@@ -504,6 +521,103 @@ mod tests {
                 "spec": {"finalizers": ["kubernetes"]},
             })
         );
+    }
+
+    #[test]
+    fn only_pods_with_the_injectors_label_are_watched() {
+        for w in kinds() {
+            let config = watch_config(&w);
+            match w.kind {
+                Kind::Pod => assert_eq!(config.label_selector.as_deref(), Some(labels::MESHED)),
+                _ => assert_eq!(config.label_selector, None, "{}", w.kind),
+            }
+        }
+    }
+
+    /// The objects of `items` (as list items: no type) through their kind's watch, into an index.
+    fn watched_index(items: Vec<(Kind, Value)>) -> crate::index::Index {
+        let mut index = crate::index::Index::default();
+        for (kind, item) in items {
+            let mut set = KindSet::new(watched(kind));
+            for e in set.apply(serde_json::from_value(item).expect("object")) {
+                match e {
+                    Event::Apply(o) => {
+                        index.apply(o);
+                    }
+                    Event::Delete(id) => panic!("{id}"),
+                }
+            }
+        }
+        index
+    }
+
+    /// In a namespace without the injection label: a pod the labelled watch delivers is meshed
+    /// (its endpoint carries its identity); an endpoint whose pod the watch never delivered (an
+    /// unmeshed pod) is not, though the pod asks for injection in an annotation.
+    #[test]
+    fn a_pod_of_the_labelled_watch_is_meshed_and_an_endpoint_of_an_unknown_pod_is_not() {
+        use smidge_protocol::{Identity, View, ViewKey};
+        let index = watched_index(vec![
+            (Kind::Namespace, json!({"metadata": {"name": "n"}})),
+            (
+                Kind::Service,
+                json!({"metadata": {"name": "a", "namespace": "n"},
+                       "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
+            ),
+            (
+                Kind::EndpointSlice,
+                json!({"metadata": {"name": "a-1", "namespace": "n",
+                             "labels": {"kubernetes.io/service-name": "a"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [
+                    {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "p"}},
+                    {"addresses": ["10.0.0.2"], "targetRef": {"kind": "Pod", "name": "q"}},
+                ]}),
+            ),
+            (
+                Kind::Pod,
+                json!({"metadata": {"name": "p", "namespace": "n",
+                                    "labels": {labels::MESHED: "smidge-system"}},
+                       "spec": {"serviceAccountName": "sa", "containers": [{"name": "app"}]},
+                       "status": {"podIP": "10.0.0.1"}}),
+            ),
+        ]);
+        let compiled = crate::compile::compile(
+            &index,
+            &ViewKey::Outbound("10.96.0.10:80".parse().expect("addr")),
+            &crate::compile::MeshConfig::default(),
+        );
+        let Some(View::Outbound(view)) = compiled.view else {
+            panic!("{:?}", compiled.view)
+        };
+        let identities: Vec<_> = view.backends[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.identity.clone()))
+            .collect();
+        assert_eq!(
+            identities,
+            [
+                ("10.0.0.1:8080".to_string(), Some(Identity::new("n", "sa"))),
+                ("10.0.0.2:8080".to_string(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_injectors_label_outranks_an_opt_out_annotation() {
+        let mut set = KindSet::new(watched(Kind::Pod));
+        let pod = json!({"metadata": {"name": "p", "namespace": "n",
+                                      "labels": {labels::MESHED: "smidge-system"},
+                                      "annotations": {labels::INJECT: labels::INJECT_DISABLED}},
+                         "spec": {"containers": [{"name": "app"}]}});
+        match &set.apply(serde_json::from_value(pod).expect("object"))[..] {
+            [Event::Apply(o)] => match &o.body {
+                crate::model::Body::Pod(p) => assert_eq!(p.inject, Some(true)),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The same objects through the file provider's reader and through a watch give equal
