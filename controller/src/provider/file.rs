@@ -125,6 +125,7 @@ fn read_state(path: &Path, text: &str, digest: [u8; 32], old: FileState) -> File
         object,
         field,
         message,
+        refused: None,
     };
     for (pos, outcome) in read_file(text) {
         match outcome {
@@ -154,12 +155,15 @@ fn read_state(path: &Path, text: &str, digest: [u8; 32], old: FileState) -> File
                     None => "; every object this file had before stays as it was",
                 };
                 for e in errors.0 {
-                    reports.push(report(
-                        Severity::Error,
-                        name.clone(),
-                        e.field,
-                        format!("{}{kept}", e.message),
-                    ));
+                    reports.push(Report {
+                        refused: id.clone(),
+                        ..report(
+                            Severity::Error,
+                            name.clone(),
+                            e.field,
+                            format!("{}{kept}", e.message),
+                        )
+                    });
                 }
                 match id {
                     Some(id) => refused.push(id),

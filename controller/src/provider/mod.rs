@@ -3,6 +3,8 @@
 
 pub mod file;
 pub mod kube;
+#[cfg(test)]
+mod kube_mock;
 
 use std::path::PathBuf;
 
@@ -36,6 +38,10 @@ pub struct Report {
     pub object: String,
     pub field: String,
     pub message: String,
+    /// The object this report refuses, when it is identified (an `Error` about one object):
+    /// the status writer gives it `Accepted=False`.
+    #[serde(skip)]
+    pub refused: Option<ObjectId>,
 }
 
 impl std::fmt::Display for Report {

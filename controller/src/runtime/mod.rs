@@ -184,16 +184,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// index).
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Publishes the index's conditions to the status writer.
+/// Publishes the index's conditions, and `Accepted=False` for the objects the sources refused
+/// (`reports`), to the status writer.
 fn publish_status(
     registry: &Arc<Mutex<Registry>>,
+    reports: &[Report],
     snapshots: &tokio::sync::watch::Sender<Arc<smidge_controller::status::Snapshot>>,
 ) {
+    let refused = smidge_controller::status::refused(reports);
     let snapshot = tokio::task::block_in_place(|| {
         registry
             .lock()
             .ok()
-            .map(|r| smidge_controller::status::snapshot(r.index(), &[], |_| None))
+            .map(|r| smidge_controller::status::snapshot(r.index(), &refused, |_| None))
     });
     if let Some(s) = snapshot {
         snapshots.send_replace(Arc::new(s));
@@ -285,7 +288,7 @@ async fn apply_loop(
         tokio::select! {
             _ = status_tick.tick(), if snapshots.is_some() && status_dirty => {
                 if let Some(s) = snapshots {
-                    publish_status(registry, s);
+                    publish_status(registry, &sources.reports(), s);
                 }
                 status_dirty = false;
             }
@@ -361,6 +364,7 @@ fn apply(
                 object: p.object.to_string(),
                 field: p.finding.field,
                 message: p.finding.message,
+                refused: None,
             });
         }
         anyhow::Ok((changed, r.index().len(), r.view_count(), applied_in))

@@ -81,6 +81,7 @@ mod tests {
             object: object.into(),
             field: "spec".into(),
             message: "bad".into(),
+            refused: None,
         }
     }
 

@@ -60,6 +60,27 @@ pub struct Refused {
     pub findings: Vec<Finding>,
 }
 
+/// The objects the providers refused, from their reports (the `Error` reports that name one
+/// object), each with every finding about it.
+pub fn refused(reports: &[crate::provider::Report]) -> Vec<Refused> {
+    let mut by_object: BTreeMap<&ObjectId, Vec<Finding>> = BTreeMap::new();
+    for r in reports {
+        if let Some(id) = &r.refused {
+            by_object.entry(id).or_default().push(Finding {
+                field: r.field.clone(),
+                message: r.message.clone(),
+            });
+        }
+    }
+    by_object
+        .into_iter()
+        .map(|(id, findings)| Refused {
+            id: id.clone(),
+            findings,
+        })
+        .collect()
+}
+
 /// What a problem does to the object's conditions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Effect {
@@ -573,6 +594,61 @@ spec: {matches: [{name: all, pathRegex: '.*'}]}
         assert_eq!((c.status, c.reason.as_str()), (false, "Invalid"));
         assert_eq!(c.message, "spec.backends[0].weight: must not be negative");
         assert_eq!(r.notes.len(), 1);
+    }
+
+    fn provider_report(refused: Option<ObjectId>, field: &str) -> crate::provider::Report {
+        crate::provider::Report {
+            severity: if refused.is_some() {
+                crate::provider::Severity::Error
+            } else {
+                crate::provider::Severity::Warning
+            },
+            file: None,
+            object: "TrafficSplit ns/bad".into(),
+            field: field.into(),
+            message: "is wrong".into(),
+            refused,
+        }
+    }
+
+    #[test]
+    fn the_refused_objects_are_those_error_reports_name_with_all_their_findings() {
+        let bad = ObjectId::new(Kind::TrafficSplit, "ns", "bad");
+        let worse = ObjectId::new(Kind::TrafficTarget, "ns", "worse");
+        let reports = [
+            provider_report(Some(bad.clone()), "spec.backends[0].weight"),
+            provider_report(None, "spec.matches"),
+            provider_report(Some(worse.clone()), "spec"),
+            provider_report(Some(bad.clone()), "spec.backends[1].weight"),
+        ];
+        let refused = refused(&reports);
+        let fields: Vec<(&ObjectId, Vec<&str>)> = refused
+            .iter()
+            .map(|r| (&r.id, r.findings.iter().map(|f| f.field.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (&worse, vec!["spec"]),
+                (
+                    &bad,
+                    vec!["spec.backends[0].weight", "spec.backends[1].weight"]
+                ),
+            ],
+            "by object id"
+        );
+        // Refused while its last good version is in the index: the refusal is what shows.
+        let s = snapshot(
+            &index(&format!("{SERVICES}{}", split("bad", "web", &["web-v1"]))),
+            &refused,
+            |_| None,
+        );
+        let c = cond(&s.reports[&bad], ACCEPTED);
+        assert_eq!((c.status, c.reason.as_str()), (false, "Invalid"));
+        assert_eq!(
+            c.message,
+            "spec.backends[0].weight: is wrong; spec.backends[1].weight: is wrong"
+        );
     }
 
     #[test]

@@ -22,5 +22,5 @@ pub mod events;
 pub mod leader;
 pub mod writer;
 
-pub use conditions::{snapshot, Note, Refused, Report, Snapshot};
+pub use conditions::{refused, snapshot, Note, Refused, Report, Snapshot};
 pub use writer::{Config, StatusWriter};
