@@ -12,7 +12,8 @@
 //!    the caller and needs nothing else running.
 //! 3. After the apply loop changes SMI objects, Services or ServiceAccounts (what the checks
 //!    read), publish `status_tx.send_replace(Arc::new(snapshot(&index, &refused, generation)))`,
-//!    where `refused` are the SMI objects the provider rejected and `generation` gives each
+//!    where `refused` are the SMI objects the providers rejected ([`refused`] of their current
+//!    reports; the runtime does this) and `generation` gives each
 //!    object's `metadata.generation` (or `None`; the writer then uses the one it reads).
 //! 4. On shutdown, `writer.shutdown().await` gives the Lease up so another replica takes over at
 //!    once; dropping it instead behaves like a crash (hand-over when the term ends).
