@@ -1,4 +1,5 @@
-//! The controller's admin endpoint: `/live`, `/ready` and `/problems` (every current report, JSON).
+//! The controller's admin endpoint: `/live`, `/ready`, `/problems` (every current report, JSON)
+//! and `/proxies` (every connected proxy with the view versions it acknowledged, JSON).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::provider::Report;
+use crate::push::registry::Registry;
 
 /// What the admin endpoint shows.
 #[derive(Debug, Default)]
@@ -31,7 +33,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves forever. Accept errors (out of file descriptors) are logged and waited out.
-pub async fn serve(listener: TcpListener, status: Arc<Mutex<Status>>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<Mutex<Status>>,
+    registry: Arc<Mutex<Registry>>,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -46,9 +52,11 @@ pub async fn serve(listener: TcpListener, status: Arc<Mutex<Status>>) -> std::io
             tracing::debug!("too many admin connections; closed a new one");
             continue;
         };
-        let status = status.clone();
+        let (status, registry) = (status.clone(), registry.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(req, status.clone()));
+            let service = hyper::service::service_fn(move |req| {
+                respond(req, status.clone(), registry.clone())
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -62,6 +70,7 @@ pub async fn serve(listener: TcpListener, status: Arc<Mutex<Status>>) -> std::io
 async fn respond(
     req: Request<Incoming>,
     status: Arc<Mutex<Status>>,
+    registry: Arc<Mutex<Registry>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |code: StatusCode, ctype: &str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -71,6 +80,16 @@ async fn respond(
         }
         Ok(r)
     };
+    if req.uri().path() == "/proxies" {
+        return match proxies(&registry) {
+            Some(body) => reply(StatusCode::OK, "application/json", body),
+            None => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "registry lock poisoned\n".into(),
+            ),
+        };
+    }
     let Ok(status) = status.lock() else {
         return reply(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,7 +112,17 @@ async fn respond(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready or /problems\n".into(),
+            "not found: try /live, /ready, /problems or /proxies\n".into(),
         ),
     }
+}
+
+/// The `/proxies` body: a JSON list of [`crate::push::connected::ProxyStatus`]. The table is read
+/// first and the registry locked after, never both at once.
+fn proxies(registry: &Mutex<Registry>) -> Option<String> {
+    let table = registry.lock().ok()?.connected();
+    let keys_current =
+        |key: &smidge_protocol::ViewKey| registry.lock().ok().and_then(|r| r.current_version(key));
+    let list = table.snapshot(keys_current);
+    Some(format!("{:#}\n", serde_json::json!(list)))
 }

@@ -260,9 +260,9 @@ fn spawn_servers(
         memory::trim_after_bursts(&churn).await;
         Ok(())
     });
-    let st = status.clone();
+    let (st, reg) = (status.clone(), registry.clone());
     tasks.spawn(async move {
-        admin::serve(admin_listener, st)
+        admin::serve(admin_listener, st, reg)
             .await
             .context("admin server")
     });
