@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use smidge_protocol::ViewKey;
 
 /// The proxies past Hello, by connection.
@@ -26,7 +26,7 @@ struct Entry {
 }
 
 /// One connected proxy, as `/proxies` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyStatus {
     pub namespace: String,
     pub pod: String,
@@ -37,7 +37,7 @@ pub struct ProxyStatus {
     pub current: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewStatus {
     pub view: String,
     /// The last version the proxy acknowledged; `None` before its first ack.
