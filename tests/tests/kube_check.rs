@@ -205,3 +205,167 @@ fn scenario(c: &KubeLocal) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The controller as the chart installs it (Deployment, Service, ServiceAccount with the RBAC
+/// of controller/rbac/controller.yaml, identity Secret), applied by hand until the chart lands.
+const CONTROLLER: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: smidge-controller, namespace: smidge-system}
+spec:
+  replicas: 1
+  selector: {matchLabels: {smidge.io/control-plane-component: controller}}
+  template:
+    metadata:
+      labels: {smidge.io/control-plane-component: controller, app.kubernetes.io/name: smidge-controller}
+    spec:
+      serviceAccountName: smidge-controller
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: controller
+        image: ghcr.io/smidge-mesh/smidge-controller:latest
+        args: [--provider=kubernetes, --listen=0.0.0.0:8086, --admin=0.0.0.0:9996,
+               --webhook-listen=0.0.0.0:8443, --identity-secret=smidge-system/smidge-identity,
+               --token-review, --namespace=smidge-system]
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        ports:
+        - {name: push, containerPort: 8086}
+        - {name: webhook, containerPort: 8443}
+        - {name: admin, containerPort: 9996}
+        readinessProbe: {httpGet: {path: /ready, port: admin}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: smidge-controller, namespace: smidge-system}
+spec:
+  selector: {smidge.io/control-plane-component: controller}
+  ports:
+  - {name: push, port: 8086, targetPort: push}
+  - {name: webhook, port: 443, targetPort: webhook}
+  - {name: admin, port: 9996, targetPort: admin}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {smidge.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: shop}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: echo, image: smidge/echo:latest}]
+"#;
+
+#[test]
+fn an_installed_control_plane_passes_and_a_controller_scaled_to_zero_fails() -> anyhow::Result<()> {
+    let Some(c) = KubeLocal::up(&[])? else {
+        return Ok(());
+    };
+    installed_scenario(&c).map_err(|e| anyhow::anyhow!("{e:#}\n{}", c.logs()))
+}
+
+fn installed_scenario(c: &KubeLocal) -> anyhow::Result<()> {
+    let smidge = binary("smidge-cli", "smidge")?;
+    let crds = Command::new(&smidge).arg("crds").output()?;
+    c.kubectl.apply(&String::from_utf8(crds.stdout)?)?;
+    let rbac =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/rbac/controller.yaml");
+    c.kubectl.apply(&std::fs::read_to_string(rbac)?)?;
+    let identity = tempfile::tempdir()?;
+    let trust = identity.path().join("trust");
+    let out = Command::new(&smidge)
+        .args(["identity", "gen", "--dir"])
+        .arg(&trust)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "smidge identity gen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let file = |name: &str| format!("--from-file={name}={}", trust.join(name).display());
+    c.kubectl.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "smidge-identity",
+        "-n",
+        "smidge-system",
+        &file("ca.crt"),
+        &file("issuer.crt"),
+        &file("issuer.key"),
+        &file("token.key"),
+    ])?;
+    c.kubectl.apply(CONTROLLER)?;
+
+    // Everything converges within --wait: √ everywhere, except the warnings for what this
+    // hand-made install lacks (no injector webhook) and the pod the injector never saw.
+    let run = check(c, &["--wait", "120"], false)?;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(
+        run.categories(),
+        [
+            "kubernetes-api",
+            "kubernetes-version",
+            "smidge-crds",
+            "smidge-existence",
+            "smidge-identity",
+            "smidge-webhook",
+            "smidge-data-plane"
+        ]
+    );
+    assert!(run.marked("×").is_empty(), "{}", run.stdout);
+    assert_eq!(
+        run.marked("‼"),
+        [
+            "injector MutatingWebhookConfiguration smidge-injector exists",
+            "every pod in a namespace with injection enabled is meshed"
+        ],
+        "{}",
+        run.stdout
+    );
+    for line in [
+        "the controller's leader is known",
+        "issuer certificate is issued by the trust anchor",
+        "the API server reaches the conversion webhook",
+        "webhook has a valid certificate for smidge-controller.smidge-system.svc",
+        "webhook certificate is valid for at least 60 days",
+        "data plane proxies are connected to the controller",
+    ] {
+        assert!(
+            run.marked("√").contains(&line),
+            "no √ {line}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(run.stdout.contains("shop/legacy"), "{}", run.stdout);
+
+    // The controller scaled to 0: the existence checks fail, and the run stops there.
+    c.kubectl.ok(&[
+        "scale",
+        "deployment/smidge-controller",
+        "-n",
+        "smidge-system",
+        "--replicas=0",
+    ])?;
+    let run = check(c, &["--wait", "0"], false)?;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(
+        run.marked("×"),
+        ["controller Deployment has its replicas ready"],
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("is scaled to 0")
+            && run
+                .stdout
+                .contains("see https://smidge.dev/checks#smidge-controller for hints"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.categories().last(), Some(&"smidge-existence"));
+    Ok(())
+}

@@ -470,10 +470,10 @@ pub fn identity(ns: &str, secret: &Result<Option<Secret>, String>, now: i64) -> 
     out
 }
 
-/// How the webhook's certificate was read.
+/// The chain one controller pod's webhook serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
-    /// Where it was read, for messages (`10.0.0.5:8443 (pod smidge-controller-x)`).
+    /// Which pod, for messages.
     pub from: String,
     /// Leaf first.
     pub chain: Vec<Vec<u8>>,
@@ -483,16 +483,21 @@ pub struct Served {
 pub struct Webhook {
     /// The ready endpoints of the Service (for messages).
     pub endpoints: Result<Vec<String>, String>,
+    /// A dry-run create of an old-version TrafficSplit: the API server converts it through the
+    /// webhook, trusting the CRD's caBundle for the Service's name.
+    pub conversion: Result<(), String>,
     /// The MutatingWebhookConfiguration's caBundle: `Ok(None)` when it does not exist.
     pub injector_bundle: Result<Option<String>, String>,
     /// Each SMI CRD's conversion caBundle (`None`: it has none).
     pub crd_bundles: Vec<(String, Option<String>)>,
-    pub served: Result<Served, String>,
+    /// What each ready controller pod's webhook serves.
+    pub served: Result<Vec<Served>, String>,
     pub now: i64,
 }
 
-/// `smidge-webhook`: the Service has endpoints; its certificate is valid for the Service's name
-/// under every caBundle that points at it (the injector's and the CRDs'), and has 60 days left.
+/// `smidge-webhook`: the Service has endpoints; the API server converts through it; every
+/// replica's certificate is valid for the Service's name under every caBundle that points at it
+/// (the injector's and the CRDs'), and has 60 days left.
 pub fn webhook(ns: &str, f: &Webhook) -> Vec<Outcome> {
     let name = format!("{CONTROLLER}.{ns}.svc");
     let endpoints = check("webhook Service has a ready endpoint", "smidge-webhook")
@@ -508,6 +513,12 @@ pub fn webhook(ns: &str, f: &Webhook) -> Vec<Outcome> {
     if !endpoints.passed() {
         return vec![endpoints];
     }
+    let conversion = check(
+        "the API server reaches the conversion webhook",
+        "smidge-webhook-conversion",
+    )
+    .retry()
+    .result(f.conversion.clone());
     let injector = check(
         format!("injector MutatingWebhookConfiguration {INJECTOR_MWC} exists"),
         "smidge-webhook-injector",
@@ -540,31 +551,38 @@ pub fn webhook(ns: &str, f: &Webhook) -> Vec<Outcome> {
     .retry()
     .result(match &f.served {
         Err(e) => Err(e.clone()),
+        Ok(served) if served.is_empty() => Err("no controller pod to read it from".into()),
+        Ok(_) if bundles.is_empty() => {
+            Err("no caBundle names this webhook (no injector, no SMI CRDs)".into())
+        }
         Ok(served) => {
-            let problems: Vec<String> = bundles
+            let name = name.as_str();
+            let problems: Vec<String> = served
                 .iter()
-                .filter_map(|(source, bundle)| match bundle {
-                    None => Some(format!("{source} has no caBundle")),
-                    Some(pem) => certs::verify_served(&served.chain, pem, &name, f.now)
-                        .err()
-                        .map(|e| format!("under the caBundle of {source}: {e}")),
+                .flat_map(|s| {
+                    bundles
+                        .iter()
+                        .filter_map(move |(source, bundle)| match bundle {
+                            None => Some(format!("{source} has no caBundle")),
+                            Some(pem) => certs::verify_served(&s.chain, pem, name, f.now)
+                                .err()
+                                .map(|e| {
+                                    format!("{}, under the caBundle of {source}: {e}", s.from)
+                                }),
+                        })
                 })
+                .collect::<BTreeSet<String>>()
+                .into_iter()
                 .collect();
-            if bundles.is_empty() {
-                Err("no caBundle names this webhook (no injector, no SMI CRDs)".into())
-            } else if problems.is_empty() {
+            if problems.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "{} (read from {})",
-                    problems.join("; "),
-                    served.from
-                ))
+                Err(problems.join("; "))
             }
         }
     });
     if !cert.passed() {
-        return vec![endpoints, injector, cert];
+        return vec![endpoints, conversion, injector, cert];
     }
     let soon = check(
         "webhook certificate is valid for at least 60 days",
@@ -572,15 +590,21 @@ pub fn webhook(ns: &str, f: &Webhook) -> Vec<Outcome> {
     )
     .warning()
     .result(match &f.served {
-        Ok(s) => s
-            .chain
-            .first()
-            .ok_or_else(|| "no certificate".to_string())
-            .and_then(|d| certs::summary(d))
-            .and_then(|s| certs::not_expiring_soon(&s, f.now)),
+        Ok(served) => served
+            .iter()
+            .map(|s| {
+                s.chain
+                    .first()
+                    .ok_or_else(|| format!("{}: no certificate", s.from))
+                    .and_then(|d| certs::summary(d))
+                    .and_then(|c| certs::not_expiring_soon(&c, f.now))
+                    .map_err(|e| format!("{}: {e}", s.from))
+            })
+            .collect::<Result<Vec<()>, String>>()
+            .map(|_| ()),
         Err(e) => Err(e.clone()),
     });
-    vec![endpoints, injector, cert, soon]
+    vec![endpoints, conversion, injector, cert, soon]
 }
 
 /// What `smidge-data-plane` reads.

@@ -309,15 +309,16 @@ fn identity_checks_parse_signature_validity_and_the_warning() {
 fn webhook_facts(chain: Vec<Vec<u8>>, bundle: &str) -> Webhook {
     Webhook {
         endpoints: Ok(vec!["10.0.0.5:8443".into()]),
+        conversion: Ok(()),
         injector_bundle: Ok(Some(bundle.into())),
         crd_bundles: vec![(
             "trafficsplits.split.smi-spec.io".into(),
             Some(bundle.into()),
         )],
-        served: Ok(Served {
-            from: "10.0.0.5:8443".into(),
+        served: Ok(vec![Served {
+            from: "pod smidge-controller-1".into(),
             chain,
-        }),
+        }]),
         now: NOW,
     }
 }
@@ -393,10 +394,29 @@ fn the_webhook_certificate_must_verify_under_every_ca_bundle_for_the_service_nam
         [Severity::Warning]
     );
 
-    // Unreachable, or no endpoints: fatal with the reason.
+    // One replica of two serves a certificate for another name: named.
+    let mut f = webhook_facts(good.clone(), &anchor);
+    if let Ok(served) = f.served.as_mut() {
+        served.push(Served {
+            from: "pod smidge-controller-2".into(),
+            chain: vec![leaf(90, "other.svc"), issuer_der.clone()],
+        });
+    }
+    let e = failed(&webhook(NS, &f), "valid certificate").to_string();
+    assert!(e.starts_with("pod smidge-controller-2, under"), "{e}");
+    assert!(!e.contains("smidge-controller-1"), "{e}");
+
+    // The API server cannot convert through it: an error, the rest still judged.
+    let mut f = webhook_facts(good.clone(), &anchor);
+    f.conversion = Err("conversion webhook failed: x509: unknown authority".into());
+    let out = webhook(NS, &f);
+    assert!(failed(&out, "reaches the conversion webhook").contains("x509"));
+    assert_eq!(out.len(), 5);
+
+    // Unreadable, or no endpoints: fatal with the reason.
     let mut f = webhook_facts(good, &anchor);
-    f.served = Err("cannot reach the webhook at 10.0.0.5:8443".into());
-    assert!(failed(&webhook(NS, &f), "valid certificate").contains("cannot reach"));
+    f.served = Err("GET /webhook-cert: 502".into());
+    assert!(failed(&webhook(NS, &f), "valid certificate").contains("502"));
     f.endpoints = Ok(vec![]);
     let out = webhook(NS, &f);
     assert_eq!(out.len(), 1);

@@ -1,8 +1,8 @@
-//! The only I/O of `smidge check`: reads what each category judges from the cluster (and, for
-//! the webhook's certificate, from the controller pod itself) and hands it to [`super::checks`].
+//! The only I/O of `smidge check`: reads what each category judges from the cluster, every
+//! request through the API server (the controller's admin endpoint through its pod proxy), and
+//! hands it to [`super::checks`].
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,9 +15,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use smidge_controller::labels;
 use smidge_controller::push::connected::ProxyStatus;
 
@@ -28,8 +25,6 @@ use super::{check, Outcome};
 pub const ADMIN_PORT: u16 = 9996;
 /// The webhook's container port, when the EndpointSlice names none.
 pub const WEBHOOK_PORT: u16 = 8443;
-/// How long one TLS probe of the webhook may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The categories, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,9 +318,25 @@ async fn webhook(client: &Client, ns: &str) -> Webhook {
             .collect(),
         Err(_) => Vec::new(),
     };
-    let served = match endpoints.as_ref().ok().and_then(|e| e.first()) {
-        Some((ip, port)) => probe(ip, *port, &format!("{CONTROLLER}.{ns}.svc")).await,
-        None => Err("no ready endpoint to probe".into()),
+    let served = match ready_controller_pods(client, ns).await {
+        Err(e) => Err(e),
+        Ok(pods) => {
+            let mut all = Ok(Vec::new());
+            for pod in pods {
+                match webhook_cert_of(client, ns, &pod).await {
+                    Ok(chain) => {
+                        if let Ok(list) = all.as_mut() {
+                            list.push(Served {
+                                from: format!("pod {pod}"),
+                                chain,
+                            });
+                        }
+                    }
+                    Err(e) => all = Err(e),
+                }
+            }
+            all
+        }
     };
     Webhook {
         endpoints: endpoints.map(|e| {
@@ -333,6 +344,7 @@ async fn webhook(client: &Client, ns: &str) -> Webhook {
                 .map(|(ip, port)| format!("{ip}:{port}"))
                 .collect()
         }),
+        conversion: dry_run_conversion(client, ns).await,
         injector_bundle,
         crd_bundles,
         served,
@@ -340,106 +352,58 @@ async fn webhook(client: &Client, ns: &str) -> Webhook {
     }
 }
 
-/// Accepts any server certificate and keeps the chain, which [`checks::webhook`] then verifies
-/// against each caBundle. The handshake's signatures are still checked, so the chain belongs to
-/// the server that answered.
-#[derive(Debug)]
-struct Recorder {
-    chain: Mutex<Vec<Vec<u8>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut chain) = self.chain.lock() {
-            *chain = std::iter::once(end_entity)
-                .chain(intermediates)
-                .map(|c| c.to_vec())
-                .collect();
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A TLS handshake with the webhook's pod, straight from this machine to the pod IP (the API
-/// server's service proxy would hide the certificate), presenting `name` as SNI.
-async fn probe(ip: &str, port: u16, name: &str) -> Result<Served, String> {
-    let addr = format!("{ip}:{port}");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let recorder = Arc::new(Recorder {
-        chain: Mutex::new(Vec::new()),
-        provider: provider.clone(),
-    });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(err)?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server_name = ServerName::try_from(name.to_string()).map_err(err)?;
-    let handshake = async {
-        let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
-            format!(
-                "cannot reach the webhook at {addr} from this machine ({e}); the check dials the \
-                 pod IP directly, so run it where pod IPs are routable"
-            )
-        })?;
-        connector
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake with {addr}: {e}"))
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, handshake)
+/// Creates (dry run: nothing is stored) a TrafficSplit at v1alpha1, which the API server must
+/// convert to the stored version through the webhook, dialling the Service and trusting the
+/// CRD's caBundle for its name, as it does for every real conversion.
+async fn dry_run_conversion(client: &Client, ns: &str) -> Result<(), String> {
+    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "split.smi-spec.io",
+        "v1alpha1",
+        "TrafficSplit",
+    ));
+    let object: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "split.smi-spec.io/v1alpha1",
+        "kind": "TrafficSplit",
+        "metadata": {"name": "smidge-check-conversion", "namespace": ns},
+        "spec": {"service": "smidge-check", "backends": [{"service": "smidge-check", "weight": "1"}]}
+    }))
+    .map_err(err)?;
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        .create(&PostParams { dry_run: true, ..PostParams::default() }, &object)
         .await
-        .map_err(|_| format!("no TLS handshake with {addr} within {PROBE_TIMEOUT:?}"))??;
-    let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
-    Ok(Served {
-        from: format!("{addr}, directly from this machine"),
-        chain,
-    })
+        .map(|_| ())
+        .map_err(|e| format!("a dry-run create of a split.smi-spec.io/v1alpha1 TrafficSplit (converted by the webhook): {e}"))
+}
+
+/// The names of the ready controller pods.
+async fn ready_controller_pods(client: &Client, ns: &str) -> Result<Vec<String>, String> {
+    Ok(controller_pods(client, ns)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// The chain one controller pod's webhook serves: its admin endpoint's `/webhook-cert` (a TLS
+/// handshake it makes with its own webhook listener), read through the API server's pod proxy,
+/// so the check needs no route to pod IPs.
+async fn webhook_cert_of(client: &Client, ns: &str, pod: &str) -> Result<Vec<Vec<u8>>, String> {
+    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}:{ADMIN_PORT}/proxy/webhook-cert");
+    let request = http::Request::get(&path).body(Vec::new()).map_err(err)?;
+    let text = client
+        .request_text(request)
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    super::certs::parse_pem(&text).map_err(|e| format!("GET {path}: {e}"))
 }
 
 /// `/proxies` of one controller pod, read through the API server's pod proxy.
@@ -460,33 +424,19 @@ async fn data_plane(client: &Client, ns: &str) -> DataPlane {
         .map(|l| l.items)
         .map_err(|e| format!("listing meshed pods: {e}"));
     // Each proxy is connected to one replica: every ready replica's list, merged.
-    let proxies = match controller_pods(client, ns).await {
+    let proxies = match ready_controller_pods(client, ns).await {
         Err(e) => Err(e),
+        Ok(pods) if pods.is_empty() => Err("no ready controller pod to ask".into()),
         Ok(pods) => {
             let mut all = Vec::new();
             let mut result = Ok(());
-            let ready = pods.iter().filter(|p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            });
-            let mut asked = 0;
-            for pod in ready {
-                asked += 1;
-                let name = pod.metadata.name.as_deref().unwrap_or_default();
-                match proxies_of(client, ns, name).await {
+            for pod in &pods {
+                match proxies_of(client, ns, pod).await {
                     Ok(list) => all.extend(list),
                     Err(e) => result = Err(e),
                 }
             }
-            match (result, asked) {
-                (Err(e), _) => Err(e),
-                (Ok(()), 0) => Err("no ready controller pod to ask".into()),
-                (Ok(()), _) => Ok(all),
-            }
+            result.map(|()| all)
         }
     };
     let in_injected_namespaces = injected_namespace_pods(client).await;

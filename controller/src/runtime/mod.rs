@@ -113,6 +113,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the conversion webhook on {}", webhook.listen))?;
         tracing::info!(webhook = %listener.local_addr()?, "conversion webhook listening");
+        if let (Ok(mut s), Some(name)) = (status.lock(), webhook.names.first()) {
+            s.webhook = Some((listener.local_addr()?, name.clone()));
+        }
         tasks.spawn(async move {
             smidge_controller::webhook::serve(listener, tls)
                 .await
