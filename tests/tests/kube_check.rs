@@ -342,6 +342,53 @@ fn installed_scenario(c: &KubeLocal) -> anyhow::Result<()> {
     }
     assert!(run.stdout.contains("shop/legacy"), "{}", run.stdout);
 
+    // `smidge stat` reads Deployments, TrafficSplits and their pods: un-meshed pods are counted
+    // but have no proxy to read.
+    c.kubectl.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: legacy, namespace: shop}\n\
+         spec: {selector: {app: none}, ports: [{port: 80}]}\n---\n\
+         apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: canary, namespace: shop}\n\
+         spec: {service: legacy, backends: [{service: legacy, weight: 90}, {service: gone, weight: 10}]}\n",
+    )?;
+    let stat = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&smidge)
+            .arg("stat")
+            .args(args)
+            .args(["--window", "1s", "--kubeconfig"])
+            .arg(&c.kubectl.kubeconfig)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "smidge stat {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let table = stat(&["deploy/smidge-controller", "-n", "smidge-system"])?;
+    assert_eq!(
+        table,
+        "NAME                       MESHED   SUCCESS   RPS   LATENCY_P50   LATENCY_P99\n\
+         deploy/smidge-controller   0/1      -         -     -             -\n"
+    );
+    let table = stat(&["ts/canary", "-n", "shop"])?;
+    assert_eq!(
+        table,
+        "NAME     MESHED   WEIGHT   SUCCESS   RPS   LATENCY_P50   LATENCY_P99\n\
+         legacy   0/0      90       -         -     -             -\n\
+         gone     0/0      10       -         -     -             -\n"
+    );
+    let missing = Command::new(&smidge)
+        .args(["stat", "deploy/nothing", "-n", "shop", "--kubeconfig"])
+        .arg(&c.kubectl.kubeconfig)
+        .output()?;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no Deployment shop/nothing"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
     // The controller scaled to 0: the existence checks fail, and the run stops there.
     c.kubectl.ok(&[
         "scale",
