@@ -9,8 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use smidge_controller::{crds, lint};
 
+mod check;
 mod demo;
+mod kube;
 mod local;
+mod stat;
 
 #[derive(Parser)]
 #[command(name = "smidge", version, about = "A lightweight SMI service mesh")]
@@ -32,6 +35,38 @@ enum Command {
     Crds {
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Check that the cluster is ready for smidge (--pre) or that the installed mesh is healthy:
+    /// groups of √/‼/× lines, each failure with its error and a hint. Exits 1 when a check that
+    /// is not a warning failed.
+    Check {
+        /// Check the cluster before an install: permissions, and that the namespace is new.
+        #[arg(long)]
+        pre: bool,
+        /// The control plane's namespace.
+        #[arg(long, short = 'n', default_value = "smidge-system")]
+        namespace: String,
+        /// How the result is printed.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: check::render::Format,
+        /// Seconds to keep trying checks that may still converge (pods starting).
+        #[arg(long, default_value = "300")]
+        wait: u64,
+        #[command(flatten)]
+        kube: kube::KubeArgs,
+    },
+    /// Traffic of a Deployment or of a TrafficSplit's backends, from their proxies' metrics:
+    /// requests per second, success rate, p50 and p99 latency.
+    Stat {
+        /// `deploy/NAME` or `trafficsplit/NAME` (also `deployment/`, `ts/`).
+        target: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// Time between the two samples that rates are computed from.
+        #[arg(long, default_value = "10s", value_parser = stat::parse_window)]
+        window: std::time::Duration,
+        #[command(flatten)]
+        kube: kube::KubeArgs,
     },
     /// Trust material for an install, and tokens for proxies outside Kubernetes.
     Identity {
@@ -98,6 +133,14 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A single-threaded runtime for the commands that talk to a cluster.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -171,6 +214,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            pre,
+            namespace,
+            output,
+            wait,
+            kube,
+        } => {
+            let options = check::Options {
+                namespace,
+                pre,
+                wait: std::time::Duration::from_secs(wait),
+            };
+            let report = runtime()?.block_on(check::check_cluster(&kube, &options));
+            print!("{}", check::render::render(&report, output));
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::Stat {
+            target,
+            namespace,
+            window,
+            kube,
+        } => {
+            let target = stat::Target::parse(&target)?;
+            let table = runtime()?.block_on(stat::stat(&kube, &namespace, &target, window))?;
+            print!("{table}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Local { state_dir, command } => local::run(&local::state_dir(state_dir), command),

@@ -234,3 +234,62 @@ async fn an_unknown_destination_is_absent_and_a_wrong_protocol_version_is_refuse
         other => panic!("{other:?}"),
     }
 }
+
+/// `/proxies` (what `smidge check` reads): a connected proxy, the versions it acknowledged, and
+/// whether it is on the controller's current version; it leaves the list when it disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_lists_connected_proxies_and_whether_they_acked_the_current_views() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cluster.yaml", &cluster(false));
+    write(dir.path(), "split.yaml", &split("1", "0"));
+    let controller = Controller::start(dir.path(), &[]).unwrap();
+    let key = ViewKey::Outbound(APP_SVC.parse().unwrap());
+    let proxies = || -> serde_json::Value {
+        let (code, body) = controller.admin_get("/proxies").unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+
+    let (mut proxy, version, _) = subscribe(controller.push, "a-0").await;
+    let list = proxies();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list:#}");
+    assert_eq!(list[0]["namespace"], "ns");
+    assert_eq!(list[0]["pod"], "a-0");
+    assert_eq!(list[0]["identity"], "ns/default");
+    assert_eq!(list[0]["views"][0]["current"], version);
+    assert!(list[0]["views"][0]["acked"].is_null(), "{list:#}");
+    assert_eq!(list[0]["current"], false, "not acked yet");
+
+    proxy
+        .send(ClientMessage::Ack {
+            key: key.clone(),
+            version,
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxies()[0]["current"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the ack never showed: {:#}",
+            proxies()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxies()[0]["views"][0]["acked"], version);
+
+    // A new version the proxy has not acknowledged: behind.
+    write(dir.path(), "split.yaml", &split("0", "1"));
+    let (v2, _) = full_outbound(&mut proxy, Duration::from_secs(2)).await;
+    let list = proxies();
+    assert_eq!(list[0]["views"][0]["current"], v2);
+    assert_eq!(list[0]["views"][0]["acked"], version);
+    assert_eq!(list[0]["current"], false, "{list:#}");
+
+    drop(proxy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxies().as_array().map(Vec::len) != Some(0) {
+        assert!(Instant::now() < deadline, "still listed: {:#}", proxies());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -8,6 +8,7 @@ use smidge_protocol::delta::{self, Change};
 use smidge_protocol::{encode, Encoded, ServerMessage, View, ViewKey, ViewUpdate};
 use tokio::sync::watch;
 
+use super::connected::Connected;
 use crate::compile::{compile, MeshConfig};
 use crate::index::{DepKey, Index};
 use crate::provider::Event;
@@ -37,6 +38,8 @@ pub struct Registry {
     next_version: u64,
     /// Whether the provider's first batch is in the index.
     synced: bool,
+    /// The proxies connected now and what they acknowledged.
+    connected: Arc<Connected>,
 }
 
 impl Registry {
@@ -50,7 +53,18 @@ impl Registry {
             readers: HashMap::new(),
             next_version: first_version,
             synced: false,
+            connected: Arc::default(),
         }
+    }
+
+    /// The table of connected proxies (connections join it past Hello).
+    pub fn connected(&self) -> Arc<Connected> {
+        self.connected.clone()
+    }
+
+    /// The version of `key` subscribers have now; `None` when nobody subscribes to it.
+    pub fn current_version(&self, key: &ViewKey) -> Option<u64> {
+        self.slots.get(key).map(|slot| slot.tx.borrow().version)
     }
 
     pub fn index(&self) -> &Index {

@@ -297,6 +297,14 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
     let who = admitted
         .as_ref()
         .map(|a| Identity::new(a.claims.ns.clone(), a.claims.sa.clone()));
+    let member = match registry.lock() {
+        Ok(r) => r.connected().join(
+            &proxy.namespace,
+            &proxy.pod,
+            &format!("{}/{}", proxy.namespace, proxy.service_account),
+        ),
+        Err(_) => anyhow::bail!("registry lock poisoned"),
+    };
 
     let mut subscriptions: StreamMap<ViewKey, WatchStream<Arc<super::registry::Published>>> =
         StreamMap::new();
@@ -329,7 +337,10 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
                         Err(_) => break Err(anyhow::anyhow!("registry lock poisoned")),
                     };
                     match rx {
-                        Ok(Ok(rx)) => { subscriptions.insert(key, WatchStream::new(rx)); }
+                        Ok(Ok(rx)) => {
+                            member.subscribed(&key);
+                            subscriptions.insert(key, WatchStream::new(rx));
+                        }
                         Ok(Err(e)) => tracing::error!(view = %key, error = %e, "cannot encode view"),
                         Err(reason) => {
                             refused += 1;
@@ -345,10 +356,12 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
                         churn.add(1);
                     }
                     sent.remove(&key);
+                    member.unsubscribed(&key);
                     if let Ok(mut r) = registry.lock() { r.release(&key); }
                 }
                 Some(Ok(ClientMessage::Ack { key, version })) => {
                     tracing::debug!(pod = ?proxy.pod, view = %key, version, "ack");
+                    member.acked(&key, version);
                 }
                 Some(Ok(ClientMessage::Nack { key, version, reason })) => {
                     tracing::warn!(namespace = ?proxy.namespace, pod = ?proxy.pod, view = %key, version, reason = ?hello::bounded(&reason), "proxy refused a view");

@@ -113,6 +113,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the conversion webhook on {}", webhook.listen))?;
         tracing::info!(webhook = %listener.local_addr()?, "conversion webhook listening");
+        if let (Ok(mut s), Some(name)) = (status.lock(), webhook.names.first()) {
+            s.webhook = Some((listener.local_addr()?, name.clone()));
+        }
         tasks.spawn(async move {
             smidge_controller::webhook::serve(listener, tls)
                 .await
@@ -263,9 +266,9 @@ fn spawn_servers(
         memory::trim_after_bursts(&churn).await;
         Ok(())
     });
-    let st = status.clone();
+    let (st, reg) = (status.clone(), registry.clone());
     tasks.spawn(async move {
-        admin::serve(admin_listener, st)
+        admin::serve(admin_listener, st, reg)
             .await
             .context("admin server")
     });
