@@ -132,6 +132,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
         }
     }
+    if let Some(task) =
+        identity::trust_anchor_task(&config.identity, client.as_ref(), secured.as_deref())?
+    {
+        tasks.spawn(async move {
+            task.await;
+            Ok(())
+        });
+    }
     let writer = match (&config.status, &client) {
         (Some(settings), Some(client)) => {
             let mut status_config = smidge_controller::status::Config::new(&settings.identity);
