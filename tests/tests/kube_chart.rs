@@ -758,6 +758,81 @@ fn install_scenario(c: &KubeLocal, program: PathBuf) -> anyhow::Result<()> {
         Ok((n == 2).then_some(()))
     })?;
 
+    // An upgrade that changes only the injector's settings rolls the controllers (the config
+    // checksum), keeps the identity, and leaves the caBundle the controller put in the CRDs.
+    let checksum = |k: &Kubectl| -> anyhow::Result<Value> {
+        Ok(k.json(&[
+            "get",
+            "deployment",
+            "smidge-controller",
+            "-n",
+            "smidge-system",
+        ])?["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .clone())
+    };
+    let before = checksum(k)?;
+    let old_pods: Vec<String> = controller_pods(k)?
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    helm.run(&[
+        "upgrade",
+        "smidge",
+        chart.as_str(),
+        "-n",
+        "smidge-system",
+        "--reuse-values",
+        "--set",
+        "proxy.logLevel=debug",
+        "--wait",
+        "--timeout",
+        "180s",
+    ])?;
+    assert_ne!(checksum(k)?, before, "the config checksum did not change");
+    k.until(SETTLE, "2 new controllers Ready", |k| {
+        let pods = controller_pods(k)?;
+        let fresh = pods
+            .iter()
+            .filter(|p| is_ready(p))
+            .filter(|p| {
+                !old_pods
+                    .iter()
+                    .any(|o| p["metadata"]["name"].as_str() == Some(o.as_str()))
+            })
+            .count();
+        Ok((fresh == 2).then_some(()))
+    })?;
+    let cm = k.json(&[
+        "get",
+        "configmap",
+        "smidge-trust-anchor",
+        "-n",
+        "smidge-system",
+    ])?;
+    assert_eq!(
+        cm["data"]["ca.crt"], anchor,
+        "the upgrade changed the anchor"
+    );
+    let bundle = k.ok(&[
+        "get",
+        "crd",
+        "trafficsplits.split.smi-spec.io",
+        "-o",
+        "jsonpath={.spec.conversion.webhook.clientConfig.caBundle}",
+    ])?;
+    assert!(
+        !bundle.trim().is_empty(),
+        "the upgrade dropped the caBundle"
+    );
+    let old = k.json(&[
+        "get",
+        "trafficsplits.v1alpha2.split.smi-spec.io",
+        "kept",
+        "-n",
+        "default",
+    ])?;
+    assert_eq!(old["spec"]["backends"][1]["weight"], 10, "{old}");
+
     // Uninstall: everything of the release goes, garbage collection takes what the controller
     // made; the CRDs (and the SMI objects) stay.
     let out = helm.run(&[
