@@ -316,6 +316,190 @@ mod tests {
         assert!(anchor_differs(&other_key, "PEM-A"));
     }
 
+    /// One scripted API-server answer: the method and path expected, the status and body sent.
+    type Step = (http::Method, &'static str, u16, serde_json::Value);
+
+    /// A client whose API server answers `script` in order (failing on anything else); the
+    /// request bodies it got are in the returned list.
+    fn scripted(
+        script: Vec<Step>,
+    ) -> (
+        kube::Client,
+        std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    ) {
+        use http_body_util::{BodyExt, Full};
+        let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+            script,
+        )));
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (script, seen) = (script.clone(), seen.clone());
+            async move {
+                let (method, path, status, answer) = script
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or_else(|| panic!("unexpected {} {}", req.method(), req.uri()));
+                assert_eq!(req.method(), method, "{}", req.uri());
+                assert_eq!(req.uri().path(), path);
+                let body = req.into_body().collect().await?.to_bytes();
+                if !body.is_empty() {
+                    seen.lock().unwrap().push(serde_json::from_slice(&body)?);
+                }
+                let mut response = http::Response::new(Full::new(bytes::Bytes::from(
+                    serde_json::to_vec(&answer)?,
+                )));
+                *response.status_mut() = http::StatusCode::from_u16(status)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+            }
+        });
+        (kube::Client::new(service, "default"), bodies)
+    }
+
+    fn status(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{reason} (scripted)"), "reason": reason, "code": code})
+    }
+
+    const SECRETS: &str = "/api/v1/namespaces/smidge-system/secrets";
+    const SECRET: &str = "/api/v1/namespaces/smidge-system/secrets/smidge-identity";
+    const CONFIG: &str = "/api/v1/namespaces/smidge-system/configmaps/smidge-config";
+    const CONFIGMAPS: &str = "/api/v1/namespaces/smidge-system/configmaps";
+    const ANCHOR: &str = "/api/v1/namespaces/smidge-system/configmaps/smidge-trust-anchor";
+
+    fn secret_json(anchor: &str) -> serde_json::Value {
+        use base64::Engine;
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "smidge-identity", "namespace": "smidge-system"},
+            "data": {"ca.crt": b64(anchor), "issuer.crt": b64("i"), "issuer.key": b64("k"), "token.key": b64("t")}})
+    }
+
+    fn anchor_of(secret: &Secret) -> String {
+        let data = secret.data.as_ref().expect("data");
+        String::from_utf8(data[ANCHOR_FILE].0.clone()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_created_owned_by_smidge_config() {
+        use http::Method;
+        let config = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "smidge-config", "namespace": "smidge-system", "uid": "cfg-uid"}});
+        let (client, bodies) = scripted(vec![
+            (Method::GET, SECRET, 404, status(404, "NotFound")),
+            (Method::GET, CONFIG, 200, config),
+            (Method::POST, SECRETS, 201, secret_json("created")),
+        ]);
+        let (_, origin) =
+            ensure_identity_secret(&client, "smidge-system", "smidge-identity", "cluster.local")
+                .await
+                .expect("created");
+        assert_eq!(origin, Origin::Created);
+        let posted = bodies.lock().unwrap()[0].clone();
+        assert_eq!(posted["metadata"]["ownerReferences"][0]["uid"], "cfg-uid");
+        assert_eq!(
+            posted["metadata"]["ownerReferences"][0]["kind"],
+            "ConfigMap"
+        );
+        let data = posted["data"].as_object().expect("data");
+        assert_eq!(data.len(), 4, "{posted}");
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_loses_the_race_uses_the_winners_secret() {
+        use http::Method;
+        let (client, _) = scripted(vec![
+            (Method::GET, SECRET, 404, status(404, "NotFound")),
+            (Method::GET, CONFIG, 404, status(404, "NotFound")),
+            (Method::POST, SECRETS, 409, status(409, "AlreadyExists")),
+            (Method::GET, SECRET, 200, secret_json("the winner's anchor")),
+        ]);
+        let (secret, origin) =
+            ensure_identity_secret(&client, "smidge-system", "smidge-identity", "cluster.local")
+                .await
+                .expect("the winner's");
+        assert_eq!(origin, Origin::CreatedByAnother);
+        assert_eq!(anchor_of(&secret), "the winner's anchor");
+    }
+
+    #[tokio::test]
+    async fn an_existing_secret_is_used_and_never_written() {
+        let (client, bodies) = scripted(vec![(
+            http::Method::GET,
+            SECRET,
+            200,
+            secret_json("existing"),
+        )]);
+        let (secret, origin) =
+            ensure_identity_secret(&client, "smidge-system", "smidge-identity", "cluster.local")
+                .await
+                .expect("existing");
+        assert_eq!(origin, Origin::Existing);
+        assert_eq!(anchor_of(&secret), "existing");
+        assert!(bodies.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_create_names_the_secret_and_the_flag() {
+        use http::Method;
+        let (client, _) = scripted(vec![
+            (Method::GET, SECRET, 404, status(404, "NotFound")),
+            (Method::GET, CONFIG, 404, status(404, "NotFound")),
+            (Method::POST, SECRETS, 403, status(403, "Forbidden")),
+        ]);
+        let e =
+            ensure_identity_secret(&client, "smidge-system", "smidge-identity", "cluster.local")
+                .await
+                .expect_err("refused");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("creating Secret smidge-system/smidge-identity (--identity-generate)")
+                && e.contains("Forbidden"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_anchor_configmap_is_created_patched_or_left_alone() {
+        use http::Method;
+        let cm = |pem: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": TRUST_ANCHOR_CONFIGMAP, "namespace": "smidge-system"},
+                "data": {"ca.crt": pem}})
+        };
+        // Missing: created (no owner without smidge-config).
+        let (client, bodies) = scripted(vec![
+            (Method::GET, ANCHOR, 404, status(404, "NotFound")),
+            (Method::GET, CONFIG, 404, status(404, "NotFound")),
+            (Method::POST, CONFIGMAPS, 201, cm("PEM")),
+        ]);
+        assert!(ensure_trust_anchor(&client, "smidge-system", "PEM")
+            .await
+            .expect("created"));
+        let posted = bodies.lock().unwrap()[0].clone();
+        assert_eq!(posted["data"]["ca.crt"], "PEM");
+        assert!(posted["metadata"]["ownerReferences"].is_null());
+        // Different: patched to the anchor.
+        let (client, bodies) = scripted(vec![
+            (Method::GET, ANCHOR, 200, cm("OLD")),
+            (Method::PATCH, ANCHOR, 200, cm("PEM")),
+        ]);
+        assert!(ensure_trust_anchor(&client, "smidge-system", "PEM")
+            .await
+            .expect("patched"));
+        assert_eq!(
+            bodies.lock().unwrap()[0],
+            serde_json::json!({"data": {"ca.crt": "PEM"}})
+        );
+        // Equal: no write.
+        let (client, bodies) = scripted(vec![(Method::GET, ANCHOR, 200, cm("PEM"))]);
+        assert!(!ensure_trust_anchor(&client, "smidge-system", "PEM")
+            .await
+            .expect("equal"));
+        assert!(bodies.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn fingerprints_are_sha256_hex() {
         assert_eq!(
