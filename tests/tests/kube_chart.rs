@@ -296,8 +296,12 @@ fn every_values_set_renders_into_valid_manifests() -> anyhow::Result<()> {
 #[test]
 fn bad_values_are_refused_with_the_reason() -> anyhow::Result<()> {
     let Some(helm) = helm()? else { return Ok(()) };
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--set", "controller.replica=2"], "'replica' not allowed"),
+        (
+            &["--kube-version", "1.30.0"],
+            "requires kubeVersion: >=1.31.0-0",
+        ),
         (
             &["--set", "injector.failurePolicy=Sometimes"],
             "failurePolicy",
