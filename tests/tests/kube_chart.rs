@@ -605,7 +605,9 @@ fn install_scenario(c: &KubeLocal, program: PathBuf) -> anyhow::Result<()> {
         );
         install.extend(["--set", "injector.enabled=false"]);
     }
+    let started = std::time::Instant::now();
     let out = helm.run(&install)?;
+    eprintln!("helm install --wait took {:?}", started.elapsed());
     assert!(out.contains("smidge check"), "NOTES.txt: {out}");
 
     // The controller pods run on the node, under the chart's ServiceAccount, and are Ready.
@@ -839,6 +841,7 @@ fn install_scenario(c: &KubeLocal, program: PathBuf) -> anyhow::Result<()> {
 
     // Uninstall: everything of the release goes, garbage collection takes what the controller
     // made; the CRDs (and the SMI objects) stay.
+    let started = std::time::Instant::now();
     let out = helm.run(&[
         "uninstall",
         "smidge",
@@ -848,6 +851,7 @@ fn install_scenario(c: &KubeLocal, program: PathBuf) -> anyhow::Result<()> {
         "--timeout",
         "120s",
     ])?;
+    eprintln!("helm uninstall --wait took {:?}", started.elapsed());
     assert!(out.contains("kept due to the resource policy"), "{out}");
     let namespaced = "deployments,replicasets,pods,services,serviceaccounts,configmaps,secrets,leases,roles,rolebindings,poddisruptionbudgets";
     let left = k.until(SETTLE, "the release's objects gone", |k| {

@@ -289,6 +289,11 @@ async fn apply_loop(
     // Status snapshots: at most one per STATUS_EVERY, after changes.
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut status_dirty = false;
+    // One signal listener for the whole loop: one made anew per iteration misses a SIGTERM
+    // that arrives while a batch is applied (deleting the pod sends its watch event at the same
+    // moment), and the controller is then killed at the end of the grace period.
+    let stop = shutdown();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = status_tick.tick(), if snapshots.is_some() && status_dirty => {
@@ -323,7 +328,7 @@ async fn apply_loop(
                     Err(e) => Err(anyhow::anyhow!("a controller task panicked: {e}")),
                 };
             }
-            _ = shutdown() => {
+            _ = &mut stop => {
                 tracing::info!("shutting down");
                 return Ok(());
             }
