@@ -71,6 +71,11 @@ struct Args {
     /// issuer.key, token.key) instead of --identity-dir.
     #[arg(long, conflicts_with = "identity_dir")]
     identity_secret: Option<String>,
+    /// Create the --identity-secret Secret with fresh trust material when it is missing (never
+    /// overwrites; replicas racing to create it all use the one that was created). It is owned
+    /// by the ConfigMap `smidge-config` when that exists.
+    #[arg(long, requires = "identity_secret")]
+    identity_generate: bool,
     /// Check proxy tokens with the Kubernetes TokenReview API (projected ServiceAccount tokens
     /// bound to the `smidge-identity` audience and a pod) instead of local tokens.
     #[arg(long)]
@@ -161,6 +166,7 @@ fn config(args: Args) -> anyhow::Result<runtime::Config> {
         identity: runtime::identity::Settings {
             dir: args.identity_dir,
             secret: args.identity_secret,
+            generate: args.identity_generate,
             token_review: args.token_review,
             trust_domain: args.trust_domain,
             cert_lifetime: Duration::from_secs(args.cert_lifetime_secs),

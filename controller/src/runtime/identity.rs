@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use smidge_controller::identity::{self, trust::SecretData, Authority, Proof, Trust};
+use smidge_controller::identity::{self, stored, trust::SecretData, Authority, Proof, Trust};
 use smidge_controller::push::server::Secured;
 
 /// The identity flags.
@@ -15,6 +15,8 @@ pub struct Settings {
     pub dir: Option<PathBuf>,
     /// `NAMESPACE/NAME` of a Secret with the trust material.
     pub secret: Option<String>,
+    /// Create that Secret with fresh trust material when it is missing.
+    pub generate: bool,
     pub token_review: bool,
     pub trust_domain: String,
     pub cert_lifetime: Duration,
@@ -39,7 +41,7 @@ pub async fn bootstrap(
         (Some(dir), _, _) => {
             Some(Trust::load(dir).with_context(|| format!("--identity-dir {}", dir.display()))?)
         }
-        (None, Some(secret), Some(client)) => Some(from_secret(secret, client).await?),
+        (None, Some(secret), Some(client)) => Some(from_secret(secret, settings, client).await?),
         (None, Some(_), None) => anyhow::bail!("--identity-secret needs the Kubernetes API"),
         (None, None, _) => None,
     };
@@ -72,21 +74,79 @@ pub async fn bootstrap(
     })))
 }
 
-/// Reads the trust material from the Secret `NAMESPACE/NAME`.
-async fn from_secret(secret: &str, client: &kube::Client) -> anyhow::Result<Trust> {
-    let (ns, name) = secret
+/// `NAMESPACE/NAME` of `--identity-secret`.
+fn split_secret(secret: &str) -> anyhow::Result<(&str, &str)> {
+    secret
         .split_once('/')
-        .context("--identity-secret must be NAMESPACE/NAME")?;
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(client.clone(), ns);
-    let found = api
-        .get(name)
-        .await
-        .with_context(|| format!("reading Secret {secret}"))?;
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .with_context(|| format!("--identity-secret {secret:?} must be NAMESPACE/NAME"))
+}
+
+/// Reads the trust material from the Secret `NAMESPACE/NAME`; with `--identity-generate`
+/// creates it first when it is missing.
+async fn from_secret(
+    secret: &str,
+    settings: &Settings,
+    client: &kube::Client,
+) -> anyhow::Result<Trust> {
+    let (ns, name) = split_secret(secret)?;
+    let found = if settings.generate {
+        let (found, origin) =
+            stored::ensure_identity_secret(client, ns, name, &settings.trust_domain).await?;
+        tracing::info!(secret = %secret, ?origin, "identity Secret (--identity-generate)");
+        found
+    } else {
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), ns);
+        api.get(name)
+            .await
+            .with_context(|| format!("reading Secret {secret}"))?
+    };
     let data = found.data.unwrap_or_default();
-    Trust::from_source(&SecretData {
+    let trust = Trust::from_source(&SecretData {
         name: secret.to_string(),
         data: &data,
     })
-    .with_context(|| format!("--identity-secret {secret}"))
+    .with_context(|| format!("--identity-secret {secret}"))?;
+    tracing::info!(secret = %secret, anchor_sha256 = %stored::fingerprint(&trust.anchor_der), "trust anchor");
+    Ok(trust)
+}
+
+/// How often every replica checks the trust-anchor ConfigMap.
+const TRUST_ANCHOR_EVERY: Duration = Duration::from_secs(10);
+
+/// The task that keeps ConfigMap `smidge-trust-anchor` in the identity Secret's namespace equal to
+/// the anchor served; `None` without a Secret (or a client).
+pub fn trust_anchor_task(
+    settings: &Settings,
+    client: Option<&kube::Client>,
+    secured: Option<&Secured>,
+) -> anyhow::Result<Option<impl std::future::Future<Output = ()> + Send + 'static>> {
+    let (Some(secret), Some(client), Some(secured)) = (&settings.secret, client, secured) else {
+        return Ok(None);
+    };
+    let (ns, _) = split_secret(secret)?;
+    Ok(Some(stored::maintain_trust_anchor(
+        client.clone(),
+        ns.to_string(),
+        secured.authority.anchor_pem.clone(),
+        TRUST_ANCHOR_EVERY,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_flag_needs_a_namespace_and_a_name() {
+        assert_eq!(
+            split_secret("smidge-system/smidge-identity").expect("ok"),
+            ("smidge-system", "smidge-identity")
+        );
+        for bad in ["smidge-identity", "/x", "x/", ""] {
+            let e = split_secret(bad).expect_err(bad).to_string();
+            assert!(e.contains("NAMESPACE/NAME"), "{e}");
+        }
+    }
 }

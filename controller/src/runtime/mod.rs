@@ -135,6 +135,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
         }
     }
+    if let Some(task) =
+        identity::trust_anchor_task(&config.identity, client.as_ref(), secured.as_deref())?
+    {
+        tasks.spawn(async move {
+            task.await;
+            Ok(())
+        });
+    }
     let writer = match (&config.status, &client) {
         (Some(settings), Some(client)) => {
             let mut status_config = smidge_controller::status::Config::new(&settings.identity);
@@ -287,6 +295,11 @@ async fn apply_loop(
     // Status snapshots: at most one per STATUS_EVERY, after changes.
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut status_dirty = false;
+    // One signal listener for the whole loop: one made anew per iteration misses a SIGTERM
+    // that arrives while a batch is applied (deleting the pod sends its watch event at the same
+    // moment), and the controller is then killed at the end of the grace period.
+    let stop = shutdown();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = status_tick.tick(), if snapshots.is_some() && status_dirty => {
@@ -321,7 +334,7 @@ async fn apply_loop(
                     Err(e) => Err(anyhow::anyhow!("a controller task panicked: {e}")),
                 };
             }
-            _ = shutdown() => {
+            _ = &mut stop => {
                 tracing::info!("shutting down");
                 return Ok(());
             }

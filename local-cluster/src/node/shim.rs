@@ -148,6 +148,12 @@ fn start_and_wait(spec: &Spec) -> anyhow::Result<Exit> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    // The daemon blocks SIGTERM and SIGINT (one thread takes them) and a signal mask survives
+    // fork and exec: unblocked here, in the shim's one thread, the container sees the SIGTERM
+    // of a graceful deletion instead of only the SIGKILL at the end of the grace period.
+    nix::sys::signal::SigSet::all()
+        .thread_unblock()
+        .context("unblocking signals for the container")?;
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", spec.program.display()))?;
