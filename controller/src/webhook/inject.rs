@@ -174,8 +174,8 @@ pub async fn review(injector: Option<&Injector>, body: &[u8]) -> Vec<u8> {
     encode(response.into_review())
 }
 
-/// The review as JSON, its patch base64 as the API's `[]byte` is spelled (kube-core writes an
-/// array of numbers, which only a lenient decoder takes).
+/// The review as JSON, its patch base64 as the AdmissionReview API documents it (kube-core 5
+/// serializes its `Vec<u8>` as an array of numbers).
 fn encode(review: AdmissionReview<DynamicObject>) -> Vec<u8> {
     use base64::Engine;
     let mut value = match serde_json::to_value(&review) {
