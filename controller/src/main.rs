@@ -208,4 +208,36 @@ mod tests {
             Args::try_parse_from(["smidge-controller", "--manifests", "/tmp"]).expect("parse");
         assert!(args.admin.ip().is_loopback(), "{}", args.admin);
     }
+
+    #[test]
+    fn a_bad_inject_config_names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("inject.json");
+        std::fs::write(&path, r#"{"proxy": {"ports": {"admin": "x"}}}"#).expect("write");
+        let e = format!("{:#}", read_inject_config(&path).expect_err("bad"));
+        assert!(
+            e.contains("--inject-config") && e.contains("inject.json"),
+            "{e}"
+        );
+        assert!(e.contains("proxy.ports.admin"), "{e}");
+        std::fs::write(&path, "{}").expect("write");
+        assert_eq!(
+            read_inject_config(&path).expect("defaults"),
+            smidge_controller::inject::Settings::default()
+        );
+        let args = Args::try_parse_from([
+            "smidge-controller",
+            "--manifests",
+            "/tmp",
+            "--webhook-cert-dir",
+            "/certs",
+            "--inject-config",
+            "/etc/smidge/config/inject.json",
+        ])
+        .expect("parse");
+        assert_eq!(
+            args.webhook_cert_dir.as_deref(),
+            Some(std::path::Path::new("/certs"))
+        );
+    }
 }
