@@ -11,6 +11,7 @@ use smidge_controller::{crds, lint};
 
 mod check;
 mod demo;
+mod inject;
 mod kube;
 mod local;
 mod stat;
@@ -31,6 +32,9 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Add the smidge proxy to the Pods and pod templates of manifests (as the injector webhook
+    /// would), writing the YAML to stdout and one line per workload to stderr.
+    Inject(inject::InjectArgs),
     /// Print the SMI CRDs smidge installs (or write them, one file each, into --dir).
     Crds {
         #[arg(long)]
@@ -168,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Inject(args) => inject::run(args),
         Command::Crds { dir } => {
             for (name, crd) in crds::all() {
                 let yaml = crds::to_yaml(&crd).context("rendering a CRD")?;

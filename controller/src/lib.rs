@@ -12,6 +12,7 @@ pub mod crds;
 pub mod diagnose;
 pub mod identity;
 pub mod index;
+pub mod inject;
 pub mod labels;
 pub mod lint;
 pub mod manifest;

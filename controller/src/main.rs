@@ -90,6 +90,14 @@ struct Args {
     /// Names on the webhook's certificate (DNS or IP); default the Service's names.
     #[arg(long, value_delimiter = ',')]
     webhook_names: Vec<String>,
+    /// The webhook's certificate from this directory (tls.crt, tls.key, e.g. from cert-manager),
+    /// reloaded when it changes; the controller then writes no caBundle.
+    #[arg(long)]
+    webhook_cert_dir: Option<PathBuf>,
+    /// The injector's settings (the `inject.json` of ConfigMap smidge-config). Without it the
+    /// injector is off: `/inject` allows every pod unchanged.
+    #[arg(long)]
+    inject_config: Option<PathBuf>,
     /// With --provider kubernetes: write SMI objects' status conditions and Events while this
     /// replica holds the Lease `<namespace>/smidge-controller-status`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -133,7 +141,14 @@ fn config(args: Args) -> anyhow::Result<runtime::Config> {
         (ProviderKind::Kubernetes, _) => runtime::Provider::Kubernetes,
     };
     let kubernetes = matches!(provider, runtime::Provider::Kubernetes);
+    let inject = match &args.inject_config {
+        Some(path) => Some(read_inject_config(path)?),
+        None => None,
+    };
     let webhook = args.webhook_listen.map(|listen| runtime::Webhook {
+        cert_dir: args.webhook_cert_dir.clone(),
+        inject,
+        instance: args.pod_name.clone(),
         listen,
         names: if args.webhook_names.is_empty() {
             smidge_controller::webhook::service_names(
@@ -175,6 +190,20 @@ fn config(args: Args) -> anyhow::Result<runtime::Config> {
     })
 }
 
+/// The injector's settings from `path`; errors name the file and the field.
+fn read_inject_config(
+    path: &std::path::Path,
+) -> anyhow::Result<smidge_controller::inject::Settings> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--inject-config {}: {e}", path.display()))?;
+    let (settings, unknown) = smidge_controller::inject::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--inject-config {}: {e}", path.display()))?;
+    for field in unknown {
+        tracing::warn!(file = %path.display(), %field, "unknown injector setting ignored");
+    }
+    Ok(settings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +213,37 @@ mod tests {
         let args =
             Args::try_parse_from(["smidge-controller", "--manifests", "/tmp"]).expect("parse");
         assert!(args.admin.ip().is_loopback(), "{}", args.admin);
+    }
+
+    #[test]
+    fn a_bad_inject_config_names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("inject.json");
+        std::fs::write(&path, r#"{"proxy": {"ports": {"admin": "x"}}}"#).expect("write");
+        let e = format!("{:#}", read_inject_config(&path).expect_err("bad"));
+        assert!(
+            e.contains("--inject-config") && e.contains("inject.json"),
+            "{e}"
+        );
+        assert!(e.contains("proxy.ports.admin"), "{e}");
+        std::fs::write(&path, "{}").expect("write");
+        assert_eq!(
+            read_inject_config(&path).expect("defaults"),
+            smidge_controller::inject::Settings::default()
+        );
+        let args = Args::try_parse_from([
+            "smidge-controller",
+            "--manifests",
+            "/tmp",
+            "--webhook-cert-dir",
+            "/certs",
+            "--inject-config",
+            "/etc/smidge/config/inject.json",
+        ])
+        .expect("parse");
+        assert_eq!(
+            args.webhook_cert_dir.as_deref(),
+            Some(std::path::Path::new("/certs"))
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use smidge_proxy::init::{self, Cidr, Rules};
+use smidge_proxy::net::address::HostPort;
 use smidge_proxy::run::{self, Config};
 
 /// jemalloc with its background thread purges freed pages after a decay (10 s), so a burst of
@@ -41,15 +42,18 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("anchor").args(["trust_anchor", "trust_anchor_pem"]).multiple(false)))]
 struct RunArgs {
-    /// The controller's push address.
+    /// The controller's push address, `host:port`: an IP, or a name resolved again at every
+    /// connect (pods resolve the controller's Service name through /etc/hosts or DNS).
     #[arg(long)]
-    controller: SocketAddr,
-    #[arg(long)]
+    controller: HostPort,
+    /// The pod's namespace (the injector sets it from the downward API).
+    #[arg(long, env = "SMIDGE_POD_NAMESPACE")]
     namespace: String,
-    #[arg(long)]
+    #[arg(long, env = "SMIDGE_POD_NAME")]
     pod: String,
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "SMIDGE_SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
     #[arg(long, default_value = "127.0.0.1:4140")]
     outbound: SocketAddr,
@@ -83,12 +87,21 @@ struct RunArgs {
     /// Worker threads; 1 runs everything on one thread (the smallest footprint).
     #[arg(long, default_value = "1")]
     threads: usize,
-    /// The mesh's trust anchor (PEM). With it the proxy gets a certificate from the controller,
-    /// speaks mTLS to meshed peers and TLS to the controller.
+    /// The mesh's trust anchor (a PEM file). With it the proxy gets a certificate from the
+    /// controller, speaks mTLS to meshed peers and TLS to the controller.
     #[arg(long, requires = "token_file")]
     trust_anchor: Option<std::path::PathBuf>,
+    /// The trust anchor itself (PEM text), instead of --trust-anchor: the injector puts it in
+    /// the proxy's environment.
+    #[arg(
+        long,
+        env = "SMIDGE_TRUST_ANCHORS",
+        hide_env_values = true,
+        requires = "token_file"
+    )]
+    trust_anchor_pem: Option<String>,
     /// The ServiceAccount token that proves this proxy's identity to the controller.
-    #[arg(long, requires = "trust_anchor")]
+    #[arg(long, requires = "anchor")]
     token_file: Option<std::path::PathBuf>,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -226,30 +239,12 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => {
             let threads = args.threads.max(1);
-            let identity = match (&args.trust_anchor, &args.token_file) {
-                (Some(anchor), Some(token)) => {
-                    let read = |p: &std::path::Path| {
-                        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-                    };
-                    // The token is read now to fail early, and again before every Hello.
-                    let token_file = smidge_proxy::identity::token::TokenFile::new(token);
-                    match (
-                        read(anchor),
-                        token_file.read().map_err(|e| format!("{e:#}")),
-                    ) {
-                        (Ok(anchor_pem), Ok(_)) => Some(run::IdentitySettings {
-                            trust_domain: args.trust_domain.clone(),
-                            anchor_pem,
-                            token: token_file,
-                            controller_name: args.controller_name.clone(),
-                        }),
-                        (Err(e), _) | (_, Err(e)) => {
-                            eprintln!("smidge-proxy: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
+            let identity = match identity(&args) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    eprintln!("smidge-proxy: {e}");
+                    return ExitCode::FAILURE;
                 }
-                _ => None,
             };
             let config = Config {
                 controller: args.controller,
@@ -309,6 +304,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The identity settings from `--trust-anchor` or `--trust-anchor-pem` and `--token-file`; none
+/// without them (clap makes them come together). Errors name the file or flag.
+fn identity(args: &RunArgs) -> Result<Option<run::IdentitySettings>, String> {
+    let Some(token) = &args.token_file else {
+        return Ok(None);
+    };
+    let anchor_pem = match (&args.trust_anchor, &args.trust_anchor_pem) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--trust-anchor {}: {e}", path.display()))?,
+        (None, Some(pem)) => pem.clone(),
+        (None, None) => {
+            return Err("--token-file needs --trust-anchor or --trust-anchor-pem".into())
+        }
+    };
+    // The token is read now to fail early, and again before every Hello.
+    let token_file = smidge_proxy::identity::token::TokenFile::new(token);
+    token_file.read().map_err(|e| format!("{e:#}"))?;
+    Ok(Some(run::IdentitySettings {
+        trust_domain: args.trust_domain.clone(),
+        anchor_pem,
+        token: token_file,
+        controller_name: args.controller_name.clone(),
+    }))
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -318,5 +338,93 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, String> {
+        let mut argv = vec!["smidge-proxy", "run", "--namespace", "ns", "--pod", "p"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Cmd::Run(args),
+                ..
+            }) => Ok(*args),
+            Ok(_) => Err("not run".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_controller_is_a_name_or_an_ip_with_a_port() {
+        let name = run_args(&[
+            "--controller",
+            "smidge-controller.smidge-system.svc.cluster.local:8086",
+        ])
+        .expect("a name");
+        assert_eq!(
+            name.controller.to_string(),
+            "smidge-controller.smidge-system.svc.cluster.local:8086"
+        );
+        run_args(&["--controller", "10.0.0.1:8086"]).expect("an IP");
+        let e = run_args(&["--controller", "smidge-controller"])
+            .err()
+            .expect("no port");
+        assert!(e.contains("\"smidge-controller\" is not host:port"), "{e}");
+    }
+
+    #[test]
+    fn the_anchor_comes_from_a_file_or_pem_text_never_both_and_only_with_a_token() {
+        let c = ["--controller", "127.0.0.1:8086"];
+        let with = |more: &[&str]| run_args(&[&c[..], more].concat());
+        let args = with(&["--trust-anchor-pem", "PEM", "--token-file", "/t"]).expect("pem text");
+        assert_eq!(args.trust_anchor_pem.as_deref(), Some("PEM"));
+        with(&["--trust-anchor", "/a", "--token-file", "/t"]).expect("a file");
+        assert!(with(&[
+            "--trust-anchor",
+            "/a",
+            "--trust-anchor-pem",
+            "PEM",
+            "--token-file",
+            "/t"
+        ])
+        .is_err());
+        assert!(with(&["--trust-anchor-pem", "PEM"]).is_err(), "no token");
+        assert!(with(&["--token-file", "/t"]).is_err(), "no anchor");
+        let none = with(&[]).expect("no identity");
+        assert!(identity(&none).expect("ok").is_none());
+    }
+
+    #[test]
+    fn pem_text_and_a_token_file_make_the_identity() {
+        let path = std::env::temp_dir().join(format!("smidge-proxy-token-{}", std::process::id()));
+        std::fs::write(&path, "tok").expect("write");
+        let token = path.to_str().expect("utf-8");
+        let args = run_args(&[
+            "--controller",
+            "127.0.0.1:1",
+            "--trust-anchor-pem",
+            "PEM",
+            "--token-file",
+            token,
+        ])
+        .expect("args");
+        let id = identity(&args).expect("identity").expect("some");
+        assert_eq!(id.anchor_pem, "PEM");
+        let args = run_args(&[
+            "--controller",
+            "127.0.0.1:1",
+            "--trust-anchor",
+            "/nonexistent/ca.crt",
+            "--token-file",
+            token,
+        ])
+        .expect("args");
+        let e = identity(&args).expect_err("missing file");
+        assert!(e.contains("--trust-anchor /nonexistent/ca.crt"), "{e}");
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -21,7 +21,8 @@ use crate::metrics::Metrics;
 /// Everything `smidge-proxy run` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub controller: SocketAddr,
+    /// The controller's `host:port` (a name is resolved at every connect).
+    pub controller: crate::net::address::HostPort,
     pub namespace: String,
     pub pod: String,
     pub service_account: String,
@@ -132,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let discovery = Discovery::start(
         ClientConfig {
-            controller: config.controller,
+            controller: config.controller.clone(),
             connect_timeout: config.connect_timeout,
             socket_mark: config.socket_mark,
             idle_after: config.idle_subscription,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -554,17 +554,6 @@ fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
     Ok(smidge_controller::identity::stored::fingerprint(&der))
 }
 
-/// Whether the controller binary of this tree has the injector's flag (the chart passes
-/// `--inject-config` when the injector is on; the injector lands in another branch).
-fn controller_has_injector() -> anyhow::Result<bool> {
-    let controller = smidge_e2e::binary("smidge-controller", "smidge-controller")?;
-    let help = Command::new(controller)
-        .arg("--help")
-        .stderr(Stdio::null())
-        .output()?;
-    Ok(String::from_utf8_lossy(&help.stdout).contains("--inject-config"))
-}
-
 #[test]
 fn helm_install_runs_the_controller_and_uninstall_keeps_only_the_crds() -> anyhow::Result<()> {
     let Some(helm) = helm()? else { return Ok(()) };
@@ -586,7 +575,7 @@ fn install_scenario(c: &KubeLocal, program: PathBuf) -> anyhow::Result<()> {
     };
     let chart = chart().display().to_string();
     // Two replicas: both start at once and race to create the identity Secret.
-    let mut install = vec![
+    let install = [
         "install",
         "smidge",
         chart.as_str(),
@@ -599,12 +588,6 @@ fn install_scenario(c: &KubeLocal, program: PathBuf) -> anyhow::Result<()> {
         "--set",
         "controller.replicas=2",
     ];
-    if !controller_has_injector()? {
-        eprintln!(
-            "this smidge-controller has no --inject-config: installing with injector.enabled=false"
-        );
-        install.extend(["--set", "injector.enabled=false"]);
-    }
     let started = std::time::Instant::now();
     let out = helm.run(&install)?;
     eprintln!("helm install --wait took {:?}", started.elapsed());

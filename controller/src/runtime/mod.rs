@@ -33,11 +33,19 @@ pub enum Provider {
     Kubernetes,
 }
 
-/// The CRD conversion webhook: where it listens and the names on its certificate.
+/// The webhooks (CRD conversion, injection): where they listen and the names on their
+/// certificate.
 #[derive(Clone, Debug)]
 pub struct Webhook {
     pub listen: SocketAddr,
     pub names: Vec<String>,
+    /// The certificate from this directory (tls.crt, tls.key; cert-manager), reloaded on change;
+    /// then the controller leaves every caBundle alone.
+    pub cert_dir: Option<PathBuf>,
+    /// The injector's settings; `None`: `/inject` allows every pod unchanged.
+    pub inject: Option<smidge_controller::inject::Settings>,
+    /// This replica's name, on the injector's Events.
+    pub instance: Option<String>,
 }
 
 /// The status writer: this replica's Lease identity and the Lease's namespace.
@@ -104,36 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Tasks::new();
     if let Some(webhook) = &config.webhook {
-        let Some(secured) = secured.as_ref() else {
-            anyhow::bail!("--webhook-listen needs trust material (--identity-dir or --identity-secret) for its certificate");
-        };
-        let tls = smidge_controller::webhook::serving_cert(&secured.authority, &webhook.names)
-            .context("the conversion webhook's certificate")?;
-        let listener = TcpListener::bind(webhook.listen)
-            .await
-            .with_context(|| format!("binding the conversion webhook on {}", webhook.listen))?;
-        tracing::info!(webhook = %listener.local_addr()?, "conversion webhook listening");
-        if let (Ok(mut s), Some(name)) = (status.lock(), webhook.names.first()) {
-            s.webhook = Some((listener.local_addr()?, name.clone()));
-        }
-        tasks.spawn(async move {
-            smidge_controller::webhook::serve(listener, tls)
-                .await
-                .context("conversion webhook")
-        });
-        if let Some(client) = &client {
-            // Every replica keeps the CRDs' caBundle; each writes only when it differs.
-            let (client, anchor) = (client.clone(), secured.authority.anchor_pem.clone());
-            tasks.spawn(async move {
-                smidge_controller::webhook::maintain_ca_bundle(
-                    client,
-                    anchor,
-                    std::time::Duration::from_secs(300),
-                )
-                .await;
-                Ok(())
-            });
-        }
+        spawn_webhook(webhook, secured.as_deref(), client.as_ref(), &status, &mut tasks).await?;
     }
     if let Some(task) =
         identity::trust_anchor_task(&config.identity, client.as_ref(), secured.as_deref())?
@@ -189,6 +168,68 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         writer.shutdown().await;
     }
     result
+}
+
+/// The webhook server (conversion and injection) and, unless cert-manager provides the
+/// certificate, the task that keeps the caBundles at the identity anchor.
+async fn spawn_webhook(
+    webhook: &Webhook,
+    secured: Option<&server::Secured>,
+    client: Option<&kube::Client>,
+    status: &Arc<Mutex<Status>>,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    use smidge_controller::webhook;
+    let tls = match (&webhook.cert_dir, secured) {
+        (Some(dir), _) => {
+            let certs = webhook::cert_dir::CertDir::load(dir)
+                .with_context(|| format!("--webhook-cert-dir {}", dir.display()))?;
+            let config = certs.server_config();
+            tasks.spawn(async move {
+                certs.watch(std::time::Duration::from_secs(10)).await;
+                Ok(())
+            });
+            config
+        }
+        (None, Some(secured)) => webhook::serving_cert(&secured.authority, &webhook.names)
+            .context("the webhook's certificate")?,
+        (None, None) => anyhow::bail!("--webhook-listen needs trust material (--identity-dir or --identity-secret) or --webhook-cert-dir for its certificate"),
+    };
+    let injector = match (&webhook.inject, secured) {
+        (Some(settings), Some(secured)) => Some(Arc::new(webhook::inject::Injector::new(
+            settings.clone(),
+            secured.authority.anchor_pem.clone(),
+            client.cloned(),
+            webhook.instance.clone(),
+        ))),
+        (Some(_), None) => anyhow::bail!("--inject-config needs trust material (--identity-dir or --identity-secret): proxies get its anchor"),
+        (None, _) => {
+            tracing::warn!("no --inject-config: the injector is off; /inject leaves every pod unchanged");
+            None
+        }
+    };
+    let listener = TcpListener::bind(webhook.listen)
+        .await
+        .with_context(|| format!("binding the webhook server on {}", webhook.listen))?;
+    tracing::info!(webhook = %listener.local_addr()?, injector = injector.is_some(), "webhook server listening");
+    // The admin endpoint's /webhook-cert dials it to show the chain it serves.
+    if let (Ok(mut s), Some(name)) = (status.lock(), webhook.names.first()) {
+        s.webhook = Some((listener.local_addr()?, name.clone()));
+    }
+    tasks.spawn(async move {
+        webhook::serve_with(listener, tls, injector)
+            .await
+            .context("webhook server")
+    });
+    if let (Some(client), Some(secured), None) = (client, secured, &webhook.cert_dir) {
+        // Every replica keeps the caBundles; each writes only when one differs.
+        let (client, anchor) = (client.clone(), secured.authority.anchor_pem.clone());
+        tasks.spawn(async move {
+            webhook::maintain_ca_bundle(client, anchor, std::time::Duration::from_secs(300)).await;
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// How often, at most, the status writer gets a new snapshot (computing one diagnoses the whole

@@ -1,5 +1,6 @@
-//! The webhook's HTTPS server: `POST /convert` takes a `ConversionReview`; `GET /healthz` says the
-//! server is up; anything else is 404. Bodies are bounded; slow clients time out.
+//! The webhook's HTTPS server: `POST /convert` takes a `ConversionReview`, `POST /inject` an
+//! `AdmissionReview` of a Pod; `GET /healthz` says the server is up; anything else is 404.
+//! Bodies are bounded; slow clients time out.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::inject::Injector;
 use super::review::review_json;
 
 /// The largest review body accepted (the API server sends lists of objects).
@@ -23,9 +25,19 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// How long a client has for the TLS handshake and for a request's headers.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves on `listener` with `tls` until the task is dropped. Accept errors (out of file
-/// descriptors) are logged and waited out.
+/// Serves on `listener` with `tls` until the task is dropped, with the injector off. Accept
+/// errors (out of file descriptors) are logged and waited out.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+    serve_with(listener, tls, None).await
+}
+
+/// [`serve`] with the injector answering `/inject` (`None`: every pod allowed unchanged, with a
+/// warning).
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    injector: Option<Arc<Injector>>,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -42,6 +54,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> std
             continue;
         };
         let acceptor = acceptor.clone();
+        let injector = injector.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -54,7 +67,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> std
                     return;
                 }
             };
-            let service = hyper::service::service_fn(respond);
+            let service = hyper::service::service_fn(move |req| respond(req, injector.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
@@ -77,9 +90,25 @@ fn reply(code: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<B
     r
 }
 
-async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    injector: Option<Arc<Injector>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |code, s: &str| Ok(reply(code, "text/plain", format!("{s}\n").into_bytes()));
     match (req.method(), req.uri().path()) {
+        (&Method::POST, "/inject") => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+                    )
+                }
+            };
+            let answer = super::inject::review(injector.as_deref(), &body).await;
+            Ok(reply(StatusCode::OK, "application/json", answer))
+        }
         (&Method::POST, "/convert") => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -101,6 +130,7 @@ async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (_, "/convert") => text(StatusCode::METHOD_NOT_ALLOWED, "POST a ConversionReview"),
-        _ => text(StatusCode::NOT_FOUND, "not found: POST /convert"),
+        (_, "/inject") => text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview"),
+        _ => text(StatusCode::NOT_FOUND, "not found: POST /convert or /inject"),
     }
 }

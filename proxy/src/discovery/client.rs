@@ -1,7 +1,6 @@
 //! The connection to the controller: Hello, subscriptions, updates, acks; reconnects with
 //! exponential backoff and jitter, keeping every view it had.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +42,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Where the controller is and how patiently to talk to it.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    pub controller: SocketAddr,
+    /// `host:port`, resolved again at every connect.
+    pub controller: crate::net::address::HostPort,
     pub connect_timeout: Duration,
     /// The firewall mark on the connection (see `init --proxy-mark`).
     pub socket_mark: Option<u32>,
@@ -103,11 +103,10 @@ async fn session(
 ) -> anyhow::Result<Ended> {
     let stream = tokio::time::timeout(
         config.connect_timeout,
-        crate::net::connect::connect(config.controller, config.socket_mark),
+        config.controller.connect(config.socket_mark),
     )
     .await
-    .context("connect timed out")?
-    .context("connect")?;
+    .with_context(|| format!("connecting to {} timed out", config.controller))??;
     stream.set_nodelay(true)?;
     let io: Box<dyn Io> = match &config.tls {
         Some(tls) => Box::new(

@@ -1,6 +1,7 @@
 //! Socket-level pieces shared by both directions: original destination, detection, replay.
 
 pub mod activity;
+pub mod address;
 pub mod connect;
 pub mod detect;
 pub mod orig_dst;
