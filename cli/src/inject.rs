@@ -147,11 +147,10 @@ async fn from_cluster(
     want_config: bool,
     want_anchor: bool,
 ) -> anyhow::Result<(Option<String>, Option<String>)> {
-    let client = args
-        .kube
-        .client()
-        .await
-        .context("connecting to the cluster (give --config and --trust-anchor to work offline)")?;
+    let client =
+        args.kube.client().await.context(
+            "connecting to the cluster (give --config and --trust-anchor to work offline)",
+        )?;
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, &args.control_plane_namespace);
     let ns = &args.control_plane_namespace;
     let key = |cm: &str, key: &str| {

@@ -112,7 +112,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tasks = Tasks::new();
     if let Some(webhook) = &config.webhook {
-        spawn_webhook(webhook, secured.as_deref(), client.as_ref(), &status, &mut tasks).await?;
+        spawn_webhook(
+            webhook,
+            secured.as_deref(),
+            client.as_ref(),
+            &status,
+            &mut tasks,
+        )
+        .await?;
     }
     if let Some(task) =
         identity::trust_anchor_task(&config.identity, client.as_ref(), secured.as_deref())?

@@ -23,7 +23,7 @@ use serde_json::json;
 use super::agent::AgentConfig;
 use super::lifecycle::{self, Action, ContainerState, Kind, Observed};
 use super::plan::{self, Argv, ConfigMapData, ContainerPlan, Facts, Lookup, PodPlan};
-use super::probe::{ProbeConfig, ProbeKind, ProbeState};
+use super::probe::{ProbeConfig, ProbeKind, ProbeState, Transition};
 use super::runtime::{self, Container, PodDirs, PodRecord, VolumeFile};
 use super::shim::{self, BindMount};
 
@@ -611,19 +611,19 @@ impl Worker {
         let now = Timestamp::now();
         for (name, kind, ok) in results {
             if let Some(p) = self.probes.get_mut(&(name.clone(), kind)) {
-                p.record(ok, now);
+                // Act on the transition, not on the result in effect: a startup probe is not
+                // passing until it passes, and failing before its threshold kills nothing.
+                let transition = p.record(ok, now);
                 let passing = p.passing();
                 if let Some(state) = self.states.get_mut(&name) {
-                    match kind {
-                        ProbeKind::Startup if passing => state.started = true,
-                        ProbeKind::Readiness => {
-                            self.ready.insert(name.clone(), passing);
-                        }
-                        ProbeKind::Liveness | ProbeKind::Startup if !passing => {
-                            state.probe_failed = Some(kind)
-                        }
-                        _ => {}
+                    match transition {
+                        Some(Transition::Started) => state.started = true,
+                        Some(Transition::Kill) => state.probe_failed = Some(kind),
+                        Some(Transition::Ready | Transition::NotReady) | None => {}
                     }
+                }
+                if kind == ProbeKind::Readiness {
+                    self.ready.insert(name.clone(), passing);
                 }
             }
         }
