@@ -90,6 +90,18 @@ fn reply(code: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<B
     r
 }
 
+/// The request's body, or the 413 answer when it is over [`MAX_BODY`].
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain",
+            format!("cannot read the body (at most {MAX_BODY} bytes): {e}\n").into_bytes(),
+        )),
+    }
+}
+
 async fn respond(
     req: Request<Incoming>,
     injector: Option<Arc<Injector>>,
@@ -97,27 +109,17 @@ async fn respond(
     let text = |code, s: &str| Ok(reply(code, "text/plain", format!("{s}\n").into_bytes()));
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/inject") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
-                    )
-                }
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(too_large) => return Ok(too_large),
             };
             let answer = super::inject::review(injector.as_deref(), &body).await;
             Ok(reply(StatusCode::OK, "application/json", answer))
         }
         (&Method::POST, "/convert") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
-                    )
-                }
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(too_large) => return Ok(too_large),
             };
             // Conversion is pure and quick, but a big list should not hold up the runtime.
             match tokio::task::spawn_blocking(move || review_json(&body)).await {
