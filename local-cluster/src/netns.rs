@@ -86,6 +86,20 @@ impl Node {
             "br0",
         ])?;
         ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        // Replies bridged from pod to pod must pass the node's conntrack to be un-DNATed, as
+        // kube-proxy needs on a bridge: Service traffic between pods is not masqueraded.
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg("echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables")
+            .output()
+            .context("running sh in the node namespace")?;
+        if !out.status.success() {
+            bail!(
+                "turning on net.bridge.bridge-nf-call-iptables in {ns} (needs the kernel's \
+                 br_netfilter): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         Ok(node)
     }
 

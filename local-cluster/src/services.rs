@@ -9,8 +9,11 @@ use smidge_controller::model::{Body, EndpointSet, Service};
 
 /// The chain holding one DNAT rule set per Service port.
 pub const SERVICES_CHAIN: &str = "SMIDGE-SERVICES";
-/// The chain that masquerades DNATed traffic, so replies come back through the node.
+/// The chain that masquerades the DNATed traffic whose replies would not come back through the
+/// node otherwise (see [`rules`]).
 pub const POSTROUTING_CHAIN: &str = "SMIDGE-POSTROUTING";
+/// The pods' network in both control planes (one bridge in the node namespace).
+pub const POD_NETWORK: &str = "10.88.0.0/16";
 
 /// One Service port and the ready endpoints behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +121,14 @@ pub const REJECT_CHAIN: &str = "SMIDGE-SVC-REJECT";
 /// rules and a filter table rejecting ports without endpoints. Each endpoint of an n-endpoint
 /// port is picked with probability 1/n, as kube-proxy does. A port without endpoints is
 /// rejected at once (ICMP port unreachable, as kube-proxy does) instead of being sent on to an
-/// address nobody holds. Declaring a chain (`:CHAIN - [0:0]`) empties it under `--noflush`, so
+/// address nobody holds.
+///
+/// Pod-to-pod traffic keeps its source address, as kube-proxy keeps it: a meshed proxy is known
+/// by its pod IP (the controller binds its token to that address), and replies bridged from pod
+/// to pod still pass the node's conntrack (bridge-nf-call-iptables) to be un-DNATed. Masqueraded
+/// are only a pod reaching itself through its own Service (its kernel would drop a packet from
+/// its own address) and sources outside the pod network (the node's other addresses), whose
+/// replies would not come back through the node. Declaring a chain (`:CHAIN - [0:0]`) empties it under `--noflush`, so
 /// applying again replaces every rule of our chains and leaves other chains alone.
 pub fn rules(frontends: &[Frontend]) -> String {
     let v4 = || frontends.iter().filter(|f| f.cluster_ip.is_ipv4());
@@ -141,8 +151,18 @@ pub fn rules(frontends: &[Frontend]) -> String {
             ));
         }
     }
+    let mut hairpins: Vec<IpAddr> = v4()
+        .flat_map(|f| f.endpoints.iter().map(|(ip, _)| *ip))
+        .collect();
+    hairpins.sort();
+    hairpins.dedup();
+    for ip in hairpins {
+        out.push_str(&format!(
+            "-A {POSTROUTING_CHAIN} -s {ip}/32 -d {ip}/32 -m conntrack --ctstate DNAT -j MASQUERADE\n"
+        ));
+    }
     out.push_str(&format!(
-        "-A {POSTROUTING_CHAIN} -m conntrack --ctstate DNAT -j MASQUERADE\nCOMMIT\n"
+        "-A {POSTROUTING_CHAIN} ! -s {POD_NETWORK} -m conntrack --ctstate DNAT -j MASQUERADE\nCOMMIT\n"
     ));
     out.push_str(&format!("*filter\n:{REJECT_CHAIN} - [0:0]\n"));
     for f in v4().filter(|f| f.endpoints.is_empty()) {
@@ -215,6 +235,20 @@ endpoints:
             text.contains("--dport 80 -j DNAT --to-destination 10.88.0.12:8080"),
             "{text}"
         );
-        assert!(text.contains("--ctstate DNAT -j MASQUERADE"));
+    }
+
+    #[test]
+    fn only_hairpin_and_off_network_sources_are_masqueraded() {
+        let text = rules(&frontends(MANIFESTS));
+        let masq: Vec<&str> = text.lines().filter(|l| l.contains("MASQUERADE")).collect();
+        assert_eq!(
+            masq,
+            vec![
+                "-A SMIDGE-POSTROUTING -s 10.88.0.11/32 -d 10.88.0.11/32 -m conntrack --ctstate DNAT -j MASQUERADE",
+                "-A SMIDGE-POSTROUTING -s 10.88.0.12/32 -d 10.88.0.12/32 -m conntrack --ctstate DNAT -j MASQUERADE",
+                "-A SMIDGE-POSTROUTING ! -s 10.88.0.0/16 -m conntrack --ctstate DNAT -j MASQUERADE",
+            ],
+            "{text}"
+        );
     }
 }

@@ -28,7 +28,7 @@ pub const AGENT_POD: &str = "smidge-node";
 /// The node agent's log endpoint port, on the node's address.
 pub const LOG_PORT: u16 = 10250;
 /// Pods' addresses: the node bridge's network.
-pub const POD_CIDR: &str = "10.88.0.0/16";
+pub const POD_CIDR: &str = crate::services::POD_NETWORK;
 
 /// The running cluster. [`KubeCluster::shutdown`] stops it; dropping it kills what is left.
 pub struct KubeCluster {
