@@ -20,6 +20,7 @@ pub mod matching;
 pub mod message;
 pub mod names;
 pub mod path;
+pub mod probes;
 pub mod view;
 
 pub use codec::{

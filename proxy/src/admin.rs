@@ -1,4 +1,5 @@
-//! The admin servers: `/ready` and `/live` for the kubelet on the pod IP, and `/metrics` and
+//! The admin servers: `/ready`, `/live` and the apps' probes (`/app-probe/…`, see
+//! [`crate::app_probe`]) for the kubelet on the pod IP, and `/metrics` and
 //! `/views` (the whole inbound policy, header values included) on loopback only, unless
 //! `--metrics-public` also exposes `/metrics` on the pod IP.
 
@@ -35,6 +36,7 @@ impl Exposure {
     pub fn serves(self, path: &str) -> bool {
         match (self, path) {
             (_, "/ready" | "/live") | (Exposure::Private, _) => true,
+            (_, p) if p.starts_with(smidge_protocol::probes::PATH_PREFIX) => true,
             (Exposure::Public { metrics }, "/metrics") => metrics,
             (Exposure::Public { .. }, _) => false,
         }
@@ -83,7 +85,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, exposure: Exposure, lim
             let _slot = slot;
             let svc = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, exposure, req)) }
+                async move { Ok::<_, Infallible>(route(&ctx, exposure, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -98,7 +100,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, exposure: Exposure, lim
 }
 
 /// Answers 404 for what this listener does not serve, else the endpoint.
-fn route(ctx: &Ctx, exposure: Exposure, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(ctx: &Ctx, exposure: Exposure, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == Method::GET && !exposure.serves(req.uri().path()) {
         return text(
             StatusCode::NOT_FOUND,
@@ -107,6 +109,15 @@ fn route(ctx: &Ctx, exposure: Exposure, req: Request<Incoming>) -> Response<Full
              only on the loopback admin listener (--admin-private)\n"
                 .into(),
         );
+    }
+    if req.method() == Method::GET
+        && req
+            .uri()
+            .path()
+            .starts_with(smidge_protocol::probes::PATH_PREFIX)
+    {
+        let (status, body) = crate::app_probe::answer(&ctx.app_probes, req.uri().path()).await;
+        return text(status, "text/plain", body);
     }
     handle(ctx, req)
 }
@@ -254,7 +265,15 @@ mod tests {
         let public = Exposure::Public { metrics: false };
         assert!(public.serves("/ready"));
         assert!(public.serves("/live"));
-        for path in ["/views", "/metrics", "/views/", "/", "/anything"] {
+        assert!(public.serves("/app-probe/web/readiness"));
+        for path in [
+            "/views",
+            "/metrics",
+            "/views/",
+            "/",
+            "/anything",
+            "/app-probe",
+        ] {
             assert!(!public.serves(path), "{path}");
         }
     }

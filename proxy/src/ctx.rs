@@ -50,4 +50,6 @@ pub struct Ctx {
     pub peers: Arc<dyn PeerIdentity>,
     /// The inbound policy of this workload.
     pub policy: watch::Receiver<ViewState>,
+    /// The apps' probes the kubelet asks this proxy to make.
+    pub app_probes: crate::app_probe::AppProbes,
 }

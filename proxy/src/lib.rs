@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_probe;
 pub mod balance;
 pub mod ctx;
 pub mod discovery;

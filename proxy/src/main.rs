@@ -144,6 +144,12 @@ struct RunArgs {
     /// An opaque TCP connection idle both ways for this long is closed; 0 never.
     #[arg(long, default_value = "3600")]
     tcp_idle_timeout_secs: u64,
+    /// The pod's IP (the downward API's status.podIP): where the apps' probes are made.
+    #[arg(long, env = "SMIDGE_POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
+    /// The apps' probes the injector moved to the admin port (JSON, written by the injector).
+    #[arg(long, env = smidge_protocol::probes::ENV, value_parser = smidge_protocol::probes::parse)]
+    app_probes: Option<smidge_protocol::probes::AppProbes>,
 }
 
 /// `--proxy-uid`: a uid, or none.
@@ -275,6 +281,10 @@ fn main() -> ExitCode {
                 tcp_idle_timeout: (args.tcp_idle_timeout_secs > 0)
                     .then(|| Duration::from_secs(args.tcp_idle_timeout_secs)),
                 identity,
+                app_probes: smidge_proxy::app_probe::AppProbes {
+                    probes: args.app_probes.unwrap_or_default(),
+                    app_ip: args.pod_ip,
+                },
             };
             let runtime = if threads == 1 {
                 tokio::runtime::Builder::new_current_thread()

@@ -50,6 +50,8 @@ pub struct Config {
     pub tcp_idle_timeout: Option<Duration>,
     /// mTLS and the secured control channel; `None` only against a controller without identity.
     pub identity: Option<IdentitySettings>,
+    /// The apps' probes moved to the admin port by the injector.
+    pub app_probes: crate::app_probe::AppProbes,
 }
 
 /// Where the proxy's identity comes from.
@@ -191,6 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             wait: config.discovery_wait,
         }),
         policy,
+        app_probes: config.app_probes.clone(),
     });
 
     tracing::info!(

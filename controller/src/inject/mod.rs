@@ -6,6 +6,7 @@ pub mod config;
 pub mod decide;
 pub mod overrides;
 pub mod patch;
+pub mod probes;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

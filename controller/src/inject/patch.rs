@@ -46,7 +46,17 @@ pub fn mutate(
         .insert(MESHED.into(), settings.control_plane_namespace.clone());
     let resources = resources(settings, overrides);
     let init = init_container(settings, overrides, resources.clone());
+    // Before the proxy's own containers join: their probes already go to the admin port.
+    let app_probes = super::probes::rewrite(spec, settings.proxy.ports.admin);
     let mut proxy = proxy_container(settings, overrides, resources, anchor_pem);
+    if !app_probes.is_empty() {
+        if let Ok(json) = serde_json::to_string(&app_probes) {
+            proxy
+                .env
+                .get_or_insert_with(Vec::new)
+                .push(value_env(smidge_protocol::probes::ENV, &json));
+        }
+    }
     let inits = spec.init_containers.get_or_insert_with(Vec::new);
     inits.insert(0, init);
     if settings.proxy.native_sidecar {
@@ -385,6 +395,59 @@ mod tests {
         assert_eq!(get.path.as_deref(), Some("/ready"));
         assert_eq!(get.port, IntOrString::Int(4191));
         assert_eq!(meta.labels.expect("labels")[MESHED], "smidge-system");
+    }
+
+    #[test]
+    fn the_apps_probes_go_to_the_proxy_which_is_told_what_to_check() {
+        let (_, spec) = injected(&Settings::default(), &[]);
+        let proxy = &spec.init_containers.as_deref().expect("inits")[1];
+        assert!(
+            env(proxy, smidge_protocol::probes::ENV).is_none(),
+            "no probes, no variable"
+        );
+
+        let mut meta = ObjectMeta::default();
+        let mut spec = app_spec();
+        spec.containers[0].readiness_probe = Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::Int(8080),
+                ..HTTPGetAction::default()
+            }),
+            ..Probe::default()
+        });
+        mutate(
+            &mut meta,
+            &mut spec,
+            &Settings::default(),
+            &Overrides::default(),
+            ANCHOR,
+        );
+        let get = spec.containers[0]
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("httpGet");
+        assert_eq!(get.port, IntOrString::Int(4191));
+        let proxy = &spec.init_containers.as_deref().expect("inits")[1];
+        let json = env(proxy, smidge_protocol::probes::ENV)
+            .and_then(|e| e.value.as_deref())
+            .expect("the probes variable");
+        let probes = smidge_protocol::probes::parse(json).expect("valid");
+        assert_eq!(probes["/app-probe/app/readiness"].port, 8080);
+        assert_eq!(
+            probes["/app-probe/app/readiness"].http_path.as_deref(),
+            Some("/healthz")
+        );
+        // The proxy's own probes are not rewritten.
+        assert_eq!(
+            proxy
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|g| g.path.as_deref()),
+            Some("/ready")
+        );
     }
 
     #[test]
