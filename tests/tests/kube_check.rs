@@ -389,7 +389,7 @@ fn installed_scenario(c: &KubeLocal) -> anyhow::Result<()> {
         String::from_utf8_lossy(&missing.stderr)
     );
 
-    // The controller scaled to 0: the existence checks fail, and the run stops there.
+    // The controller scaled to 0: the existence checks fail, and the control plane's checks stop there.
     c.kubectl.ok(&[
         "scale",
         "deployment/smidge-controller",
@@ -413,6 +413,20 @@ fn installed_scenario(c: &KubeLocal) -> anyhow::Result<()> {
         "{}",
         run.stdout
     );
-    assert_eq!(run.categories().last(), Some(&"smidge-existence"));
+    // The data plane is still judged from the API server: no meshed pod to miss the
+    // controller, and the pod the injector never saw is named.
+    assert_eq!(
+        run.categories(),
+        [
+            "kubernetes-api",
+            "kubernetes-version",
+            "smidge-crds",
+            "smidge-existence",
+            "smidge-data-plane"
+        ],
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("shop/legacy"), "{}", run.stdout);
     Ok(())
 }

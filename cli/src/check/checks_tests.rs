@@ -465,6 +465,9 @@ fn the_data_plane_is_ready_connected_current_and_unmeshed_pods_are_named() {
     let mut f = healthy();
     f.proxies = Err("503 Service Unavailable".into());
     assert!(failed(&data_plane(&f), "connected").contains("/proxies: 503"));
+    // The controller down but no meshed pod: nothing misses it.
+    f.meshed = Ok(vec![]);
+    all_pass(&data_plane(&f)[..2]);
 
     // In an injected namespace: an un-meshed pod is named; opted-out, smidge's own, hostNetwork
     // and finished pods are not.

@@ -59,6 +59,23 @@ pub fn categories(pre: bool) -> Vec<(&'static str, Category)> {
     list
 }
 
+/// Whether category `c` still runs after the fatal failure `failed` in `stopped`: the data
+/// plane's pods are read from the API server alone, so they are judged (un-meshed pods named)
+/// when the installed controller or its webhook is down; not when smidge is not installed or the
+/// API server did not answer.
+pub fn runs_after_a_fatal_failure_in(
+    stopped: Category,
+    failed: &super::Outcome,
+    c: Category,
+) -> bool {
+    c == Category::DataPlane
+        && matches!(
+            stopped,
+            Category::Existence | Category::Identity | Category::Webhook
+        )
+        && failed.check.anchor != "smidge-ns"
+}
+
 /// The client (or why there is none) and the control plane's namespace.
 pub struct Gatherer {
     pub client: Result<Client, String>,

@@ -163,11 +163,12 @@ pub async fn check_cluster(kube: &crate::kube::KubeArgs, options: &Options) -> R
         namespace: options.namespace.clone(),
     };
     let g = &gatherer;
-    run(
+    run_resuming(
         &gather::categories(options.pre),
         |c| g.evaluate(c),
         options.wait,
         RETRY_PAUSE,
+        gather::runs_after_a_fatal_failure_in,
     )
     .await
 }
@@ -191,7 +192,7 @@ fn cut_at_fatal(outcomes: Vec<Outcome>) -> (Vec<Outcome>, bool) {
 /// passed since the start; a failed fatal check ends the run after its category.
 pub async fn run<C, F, Fut>(
     categories: &[(&'static str, C)],
-    mut evaluate: F,
+    evaluate: F,
     wait: Duration,
     pause: Duration,
 ) -> Report
@@ -200,9 +201,33 @@ where
     F: FnMut(C) -> Fut,
     Fut: Future<Output = Vec<Outcome>>,
 {
+    run_resuming(categories, evaluate, wait, pause, |_, _, _| false).await
+}
+
+/// [`run`], except that after the fatal failure `failed` in category `stopped`, a later category
+/// `c` still runs when `resumes(stopped, failed, c)`: one that does not depend on what failed
+/// (the pods of the data plane are read from the API server even when the controller is down).
+pub async fn run_resuming<C, F, Fut>(
+    categories: &[(&'static str, C)],
+    mut evaluate: F,
+    wait: Duration,
+    pause: Duration,
+    resumes: impl Fn(C, &Outcome, C) -> bool,
+) -> Report
+where
+    C: Copy,
+    F: FnMut(C) -> Fut,
+    Fut: Future<Output = Vec<Outcome>>,
+{
     let deadline = Instant::now() + wait;
     let mut report = Report::default();
+    let mut stopped: Option<(C, Outcome)> = None;
     for (name, category) in categories {
+        if let Some((at, failed)) = &stopped {
+            if !resumes(*at, failed, *category) {
+                continue;
+            }
+        }
         let (outcomes, stop) = loop {
             let (outcomes, stop) = cut_at_fatal(evaluate(*category).await);
             let converging = outcomes.iter().any(|o| !o.passed() && o.check.retry);
@@ -213,10 +238,12 @@ where
             }
             break (outcomes, stop);
         };
-        report.categories.push(CategoryResult { name, outcomes });
-        if stop {
-            break;
+        if stop && stopped.is_none() {
+            if let Some(failed) = outcomes.last() {
+                stopped = Some((*category, failed.clone()));
+            }
         }
+        report.categories.push(CategoryResult { name, outcomes });
     }
     report
 }
@@ -280,6 +307,32 @@ mod tests {
             ["b", "f"],
             "checks after the fatal one are not shown"
         );
+        assert_eq!(report.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_category_that_does_not_depend_on_the_failure_still_runs() {
+        let categories = [("api", 1), ("controller", 2), ("webhook", 3), ("pods", 4)];
+        let mut seen = Vec::new();
+        let report = run_resuming(
+            &categories,
+            |c| {
+                seen.push(c);
+                async move {
+                    match c {
+                        2 => vec![fail(check("replicas", "r").fatal())],
+                        _ => vec![ok("fine")],
+                    }
+                }
+            },
+            Duration::ZERO,
+            Duration::ZERO,
+            |stopped, failed, c| stopped != 1 && failed.check.anchor == "r" && c == 4,
+        )
+        .await;
+        assert_eq!(seen, [1, 2, 4], "the webhook depends on the controller");
+        let names: Vec<&str> = report.categories.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["api", "controller", "pods"]);
         assert_eq!(report.exit_code(), 1);
     }
 
