@@ -307,7 +307,6 @@ fn call(kubectl: &Kubectl, client_pod: &str, url: &str) -> anyhow::Result<(u16, 
 }
 
 #[test]
-#[ignore = "not passing yet: kube-proxy on the local node masquerades pod-to-ClusterIP traffic, so the controller refuses injected proxies (token pod IP != peer 10.88.0.1); see README"]
 fn helm_install_check_inject_mtls_split_stat_upgrade_and_uninstall() -> anyhow::Result<()> {
     let Some(mesh) = Installed::start()? else {
         return Ok(());
@@ -533,7 +532,6 @@ spec:
 }
 
 #[test]
-#[ignore = "not passing yet: kube-proxy on the local node masquerades pod-to-ClusterIP traffic, so the controller refuses injected proxies (token pod IP != peer 10.88.0.1); see README"]
 fn the_conformance_suite_passes_against_smidge_installed_by_the_chart() -> anyhow::Result<()> {
     let Some(mesh) = Installed::start()? else {
         return Ok(());

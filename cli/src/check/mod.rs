@@ -189,24 +189,10 @@ fn cut_at_fatal(outcomes: Vec<Outcome>) -> (Vec<Outcome>, bool) {
 
 /// Runs `categories` in order through `evaluate` (which gathers and judges one category). A
 /// category with a failed retryable check is evaluated again after `pause` until `wait` has
-/// passed since the start; a failed fatal check ends the run after its category.
-pub async fn run<C, F, Fut>(
-    categories: &[(&'static str, C)],
-    evaluate: F,
-    wait: Duration,
-    pause: Duration,
-) -> Report
-where
-    C: Copy,
-    F: FnMut(C) -> Fut,
-    Fut: Future<Output = Vec<Outcome>>,
-{
-    run_resuming(categories, evaluate, wait, pause, |_, _, _| false).await
-}
-
-/// [`run`], except that after the fatal failure `failed` in category `stopped`, a later category
-/// `c` still runs when `resumes(stopped, failed, c)`: one that does not depend on what failed
-/// (the pods of the data plane are read from the API server even when the controller is down).
+/// passed since the start; a failed fatal check ends the run after its category, except that
+/// after the fatal failure `failed` in category `stopped`, a later category `c` still runs when
+/// `resumes(stopped, failed, c)`: one that does not depend on what failed (the pods of the data
+/// plane are read from the API server even when the controller is down).
 pub async fn run_resuming<C, F, Fut>(
     categories: &[(&'static str, C)],
     mut evaluate: F,
@@ -251,6 +237,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks with no category run after a fatal failure.
+    async fn run<C, F, Fut>(
+        categories: &[(&'static str, C)],
+        evaluate: F,
+        wait: Duration,
+        pause: Duration,
+    ) -> Report
+    where
+        C: Copy,
+        F: FnMut(C) -> Fut,
+        Fut: Future<Output = Vec<Outcome>>,
+    {
+        run_resuming(categories, evaluate, wait, pause, |_, _, _| false).await
+    }
 
     fn ok(d: &str) -> Outcome {
         check(d, "a").result(Ok(()))
