@@ -163,6 +163,19 @@ pub fn attach_pod(
         "-n", node, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns,
     ])?;
     ip(&["-n", node, "link", "set", link, "master", "br0", "up"])?;
+    // A pod reaching itself through its own Service: the node DNATs the packet back to the port
+    // it came from, which a bridge drops unless the port is in hairpin mode (as kubelet sets it).
+    ip(&[
+        "-n",
+        node,
+        "link",
+        "set",
+        link,
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "on",
+    ])?;
     ip(&["-n", netns, "link", "set", "lo", "up"])?;
     ip(&[
         "-n",
