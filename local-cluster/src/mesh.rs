@@ -544,7 +544,7 @@ pub fn apply_frontends(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = crate::services::rules(frontends);
+    let text = crate::services::rules(frontends, crate::netns::bridge_netfilter());
     let mut child = in_node(node_netns, "iptables-restore")
         .arg("--noflush")
         .stdin(Stdio::piped())

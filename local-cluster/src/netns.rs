@@ -54,6 +54,13 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// Whether bridged traffic can pass iptables (the kernel's br_netfilter is loaded or built in).
+pub fn bridge_netfilter() -> bool {
+    std::path::Path::new(BRIDGE_NF_CALL_IPTABLES).exists()
+}
+
 impl Node {
     /// Creates a node namespace with a bridge at `gateway`/16. `tag` makes names readable.
     pub fn create(tag: &str, gateway: Ipv4Addr) -> anyhow::Result<Node> {
@@ -87,17 +94,25 @@ impl Node {
         ])?;
         ip(&["-n", ns, "link", "set", "br0", "up"])?;
         // Replies bridged from pod to pod must pass the node's conntrack to be un-DNATed, as
-        // kube-proxy needs on a bridge: Service traffic between pods is not masqueraded.
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "sh", "-c"])
-            .arg("echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables")
-            .output()
-            .context("running sh in the node namespace")?;
-        if !out.status.success() {
-            bail!(
-                "turning on net.bridge.bridge-nf-call-iptables in {ns} (needs the kernel's \
-                 br_netfilter): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+        // kube-proxy needs on a bridge, for Service traffic between pods to keep its source.
+        if bridge_netfilter() {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "sh", "-c"])
+                .arg(format!("echo 1 > {BRIDGE_NF_CALL_IPTABLES}"))
+                .output()
+                .context("running sh in the node namespace")?;
+            if !out.status.success() {
+                bail!(
+                    "turning on net.bridge.bridge-nf-call-iptables in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        } else {
+            tracing::warn!(
+                node = ns,
+                "the kernel has no br_netfilter (modprobe br_netfilter): Service traffic between \
+                 pods is masqueraded, so the Kubernetes node's injected proxies cannot be bound to \
+                 their pod IPs"
             );
         }
         Ok(node)

@@ -123,14 +123,16 @@ pub const REJECT_CHAIN: &str = "SMIDGE-SVC-REJECT";
 /// rejected at once (ICMP port unreachable, as kube-proxy does) instead of being sent on to an
 /// address nobody holds.
 ///
-/// Pod-to-pod traffic keeps its source address, as kube-proxy keeps it: a meshed proxy is known
+/// With `bridge_netfilter` (the kernel's br_netfilter, see [`crate::netns::bridge_netfilter`]),
+/// pod-to-pod traffic keeps its source address, as kube-proxy keeps it: a meshed proxy is known
 /// by its pod IP (the controller binds its token to that address), and replies bridged from pod
-/// to pod still pass the node's conntrack (bridge-nf-call-iptables) to be un-DNATed. Masqueraded
-/// are only a pod reaching itself through its own Service (its kernel would drop a packet from
-/// its own address) and sources outside the pod network (the node's other addresses), whose
-/// replies would not come back through the node. Declaring a chain (`:CHAIN - [0:0]`) empties it under `--noflush`, so
+/// to pod still pass the node's conntrack to be un-DNATed. Masqueraded are only a pod reaching
+/// itself through its own Service (its kernel would drop a packet from its own address) and
+/// sources outside the pod network (the node's other addresses), whose replies would not come
+/// back through the node. Without it every DNATed connection is masqueraded, or bridged replies
+/// would bypass the un-DNAT. Declaring a chain (`:CHAIN - [0:0]`) empties it under `--noflush`, so
 /// applying again replaces every rule of our chains and leaves other chains alone.
-pub fn rules(frontends: &[Frontend]) -> String {
+pub fn rules(frontends: &[Frontend], bridge_netfilter: bool) -> String {
     let v4 = || frontends.iter().filter(|f| f.cluster_ip.is_ipv4());
     let mut out = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n:{POSTROUTING_CHAIN} - [0:0]\n");
     for f in v4() {
@@ -150,6 +152,11 @@ pub fn rules(frontends: &[Frontend]) -> String {
                 f.cluster_ip, f.port
             ));
         }
+    }
+    if !bridge_netfilter {
+        out.push_str(&format!(
+            "-A {POSTROUTING_CHAIN} -m conntrack --ctstate DNAT -j MASQUERADE\n"
+        ));
     }
     let mut hairpins: Vec<IpAddr> = v4()
         .flat_map(|f| f.endpoints.iter().map(|(ip, _)| *ip))
@@ -229,7 +236,7 @@ endpoints:
                 ("10.88.0.12".parse().expect("ip"), 8080)
             ]
         );
-        let text = rules(&f);
+        let text = rules(&f, true);
         assert!(text.contains("--dport 80 -m statistic --mode random --probability 0.50000 -j DNAT --to-destination 10.88.0.11:8080"), "{text}");
         assert!(
             text.contains("--dport 80 -j DNAT --to-destination 10.88.0.12:8080"),
@@ -239,7 +246,7 @@ endpoints:
 
     #[test]
     fn only_hairpin_and_off_network_sources_are_masqueraded() {
-        let text = rules(&frontends(MANIFESTS));
+        let text = rules(&frontends(MANIFESTS), true);
         let masq: Vec<&str> = text.lines().filter(|l| l.contains("MASQUERADE")).collect();
         assert_eq!(
             masq,
@@ -249,6 +256,11 @@ endpoints:
                 "-A SMIDGE-POSTROUTING ! -s 10.88.0.0/16 -m conntrack --ctstate DNAT -j MASQUERADE",
             ],
             "{text}"
+        );
+        let all = rules(&frontends(MANIFESTS), false);
+        assert!(
+            all.contains("-A SMIDGE-POSTROUTING -m conntrack --ctstate DNAT -j MASQUERADE\n"),
+            "without br_netfilter everything is masqueraded: {all}"
         );
     }
 }

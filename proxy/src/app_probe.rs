@@ -11,7 +11,6 @@ use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use smidge_protocol::probes::AppProbe;
-use tokio::net::TcpStream;
 
 /// The probes the injector moved to this proxy, and where the app is.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +18,9 @@ pub struct AppProbes {
     pub probes: smidge_protocol::probes::AppProbes,
     /// The pod's address (the kubelet probes the pod IP); loopback when unknown.
     pub app_ip: Option<IpAddr>,
+    /// The proxy's `--socket-mark`, so a pod exempting the proxy by mark does not intercept
+    /// the check.
+    pub socket_mark: Option<u32>,
 }
 
 /// What the kubelet gets: 200 when the app passed (HTTP 200–399 or a TCP connect), 503 when it
@@ -32,7 +34,7 @@ pub async fn answer(probes: &AppProbes, path: &str) -> (StatusCode, String) {
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let addr = SocketAddr::new(ip, probe.port);
     let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
-    match tokio::time::timeout(timeout, check(probe, addr)).await {
+    match tokio::time::timeout(timeout, check(probe, addr, probes.socket_mark)).await {
         Ok(Ok(Some(status))) if (200..400).contains(&status.as_u16()) => {
             (StatusCode::OK, format!("the app answered {status}\n"))
         }
@@ -53,8 +55,12 @@ pub async fn answer(probes: &AppProbes, path: &str) -> (StatusCode, String) {
 }
 
 /// The check itself: the app's status for an HTTP probe, `None` for a TCP probe that connected.
-async fn check(probe: &AppProbe, addr: SocketAddr) -> anyhow::Result<Option<StatusCode>> {
-    let stream = TcpStream::connect(addr).await?;
+async fn check(
+    probe: &AppProbe,
+    addr: SocketAddr,
+    mark: Option<u32>,
+) -> anyhow::Result<Option<StatusCode>> {
+    let stream = crate::net::connect::connect(addr, mark).await?;
     let Some(path) = &probe.http_path else {
         return Ok(None);
     };
@@ -62,16 +68,28 @@ async fn check(probe: &AppProbe, addr: SocketAddr) -> anyhow::Result<Option<Stat
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = Request::get(path.as_str())
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::USER_AGENT, "kube-probe (smidge-proxy)")
-        .header(http::header::ACCEPT, "*/*");
+    let mut req = Request::get(path.as_str()).body(Empty::<Bytes>::new())?;
+    // The probe's own headers win, as with the kubelet; the defaults fill in what they lack.
+    let headers = req.headers_mut();
     for (name, value) in &probe.headers {
-        req = req.header(name.as_str(), value.as_str());
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes())?,
+            http::HeaderValue::from_str(value)?,
+        );
     }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
-        .await?;
+    for (name, value) in [
+        (http::header::HOST, addr.to_string()),
+        (
+            http::header::USER_AGENT,
+            "kube-probe/smidge-proxy".to_string(),
+        ),
+        (http::header::ACCEPT, "*/*".to_string()),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, http::HeaderValue::from_str(&value)?);
+        }
+    }
+    let resp = sender.send_request(req).await?;
     Ok(Some(resp.status()))
 }
 
@@ -95,6 +113,7 @@ mod tests {
         AppProbes {
             probes,
             app_ip: None,
+            socket_mark: None,
         }
     }
 
@@ -134,6 +153,21 @@ mod tests {
             assert!(head.starts_with("GET /healthz?x=1 HTTP/1.1\r\n"), "{head}");
             assert!(head.to_ascii_lowercase().contains("x-probe: yes"), "{head}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_probes_own_host_header_replaces_the_default() {
+        let (port, app) = app(200).await;
+        let mut p = probes(port, Some("/"));
+        if let Some(probe) = p.probes.get_mut("/app-probe/web/readiness") {
+            probe.headers = vec![("Host".into(), "web.example".into())];
+        }
+        let (got, body) = answer(&p, "/app-probe/web/readiness").await;
+        assert_eq!(got, StatusCode::OK, "{body}");
+        let head = app.await.expect("app").to_ascii_lowercase();
+        assert_eq!(head.matches("host:").count(), 1, "{head}");
+        assert!(head.contains("host: web.example\r\n"), "{head}");
+        assert!(head.contains("user-agent: kube-probe/"), "{head}");
     }
 
     #[tokio::test]

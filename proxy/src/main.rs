@@ -148,7 +148,7 @@ struct RunArgs {
     #[arg(long, env = "SMIDGE_POD_IP")]
     pod_ip: Option<std::net::IpAddr>,
     /// The apps' probes the injector moved to the admin port (JSON, written by the injector).
-    #[arg(long, env = smidge_protocol::probes::ENV, value_parser = smidge_protocol::probes::parse)]
+    #[arg(long, env = smidge_protocol::probes::ENV, hide_env_values = true, value_parser = smidge_protocol::probes::parse)]
     app_probes: Option<smidge_protocol::probes::AppProbes>,
 }
 
@@ -284,6 +284,7 @@ fn main() -> ExitCode {
                 app_probes: smidge_proxy::app_probe::AppProbes {
                     probes: args.app_probes.unwrap_or_default(),
                     app_ip: args.pod_ip,
+                    socket_mark: args.socket_mark,
                 },
             };
             let runtime = if threads == 1 {

@@ -30,17 +30,7 @@ pub fn binaries() -> anyhow::Result<Option<PathBuf>> {
         );
         return Ok(None);
     }
-    let cache = bin.parent().unwrap_or(&bin).to_path_buf();
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let lock_path = cache.join("build.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+    let _held = lock_exclusively(&bin.parent().unwrap_or(&bin).join("build.lock"))?;
     // Another test process may have built it while this one waited.
     if missing_binaries(&bin, &BINARIES).is_empty() {
         return Ok(Some(bin));
@@ -113,20 +103,27 @@ fn cached_tool(script: &str, what: &str) -> anyhow::Result<Option<PathBuf>> {
         .nth(3)
         .context("the smidge cache directory")?
         .to_path_buf();
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let lock_path = cache.join(format!("{what}.lock"));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+    let _held = lock_exclusively(&cache.join(format!("{what}.lock")))?;
     eprintln!("installing {what}: {}", script.display());
     run(&[])?
         .with_context(|| format!("{} did not install {what}", script.display()))
         .map(Some)
+}
+
+/// Holds the file lock at `path` (made, with its directory, when missing) until dropped: one
+/// test process at a time builds or installs a cached tool, the others wait and reuse it.
+fn lock_exclusively(path: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
 }
 
 /// kubectl with one kubeconfig.

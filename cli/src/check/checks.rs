@@ -694,7 +694,7 @@ pub fn data_plane(f: &DataPlane) -> Vec<Outcome> {
     };
     match &f.proxies {
         // No ready meshed pod: nothing has to be connected, whatever the controller's state.
-        Err(_) if ready_meshed.is_empty() => out.push(
+        Err(_) if ready_meshed.is_empty() && f.meshed.is_ok() => out.push(
             check(
                 "data plane proxies are connected to the controller",
                 "smidge-data-plane-connected",

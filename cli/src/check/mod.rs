@@ -1,7 +1,8 @@
 //! `smidge check`: is the cluster ready for smidge (`--pre`), and is the installed mesh healthy?
 //!
 //! As `linkerd check`: categories of checks, each `√` (passed), `‼` (a warning failed) or `×`
-//! (failed), every failure with its error and a hint link; a failed fatal check stops the run;
+//! (failed), every failure with its error and a hint link; a failed fatal check stops the run
+//! (but for the data plane, judged from the API server when the controller is down);
 //! checks whose state may still converge are tried again until `--wait` ends; exit 1 when a
 //! check that is not a warning failed.
 //!
@@ -238,7 +239,7 @@ where
 mod tests {
     use super::*;
 
-    /// The checks with no category run after a fatal failure.
+    /// [`run_resuming`] where no category runs after a fatal failure.
     async fn run<C, F, Fut>(
         categories: &[(&'static str, C)],
         evaluate: F,

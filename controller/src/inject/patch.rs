@@ -47,7 +47,16 @@ pub fn mutate(
     let resources = resources(settings, overrides);
     let init = init_container(settings, overrides, resources.clone());
     // Before the proxy's own containers join: their probes already go to the admin port.
-    let app_probes = super::probes::rewrite(spec, settings.proxy.ports.admin);
+    let skip_inbound = overrides
+        .skip_inbound_ports
+        .as_deref()
+        .unwrap_or(&settings.proxy.skip_inbound_ports);
+    let app_probes = super::probes::rewrite(
+        spec,
+        settings.proxy.ports.admin,
+        skip_inbound,
+        settings.proxy.native_sidecar,
+    );
     let mut proxy = proxy_container(settings, overrides, resources, anchor_pem);
     if !app_probes.is_empty() {
         if let Ok(json) = serde_json::to_string(&app_probes) {

@@ -1,21 +1,29 @@
 //! Moves the apps' HTTP and TCP probes to the proxy's admin port (see
 //! [`smidge_protocol::probes`]): each probe the kubelet would send to the app now asks the proxy,
 //! which checks the app directly. Probes this cannot carry (HTTPS, gRPC, another host, a port
-//! name the container does not declare) are left as they are; exec probes never meet the proxy.
+//! name the container does not declare, a path that is not a URI path) and probes of ports that
+//! skip the proxy are left as they are; exec probes never meet the proxy.
 
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use smidge_protocol::probes::{path, AppProbe, AppProbes};
 
-/// Rewrites the probes of `spec`'s app containers and user sidecars to `admin_port`, returning
-/// what the proxy must check for each. Call before adding the proxy's own containers.
-pub fn rewrite(spec: &mut PodSpec, admin_port: u16) -> AppProbes {
+/// Rewrites the probes of `spec`'s app containers to `admin_port` (and of its user sidecars when
+/// `sidecars`: only a proxy that is itself a native sidecar starts before them), returning what
+/// the proxy must check for each. Probes of `skip_inbound` ports reach the app directly anyway
+/// and stay. Call before adding the proxy's own containers.
+pub fn rewrite(
+    spec: &mut PodSpec,
+    admin_port: u16,
+    skip_inbound: &[u16],
+    sidecars: bool,
+) -> AppProbes {
     let mut out = AppProbes::new();
     let sidecars = spec
         .init_containers
         .iter_mut()
         .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        .filter(|c| sidecars && c.restart_policy.as_deref() == Some("Always"));
     for c in spec.containers.iter_mut().chain(sidecars) {
         let Container {
             name,
@@ -36,6 +44,9 @@ pub fn rewrite(spec: &mut PodSpec, admin_port: u16) -> AppProbes {
             let Some(check) = original(probe, ports.as_deref().unwrap_or_default()) else {
                 continue;
             };
+            if skip_inbound.contains(&check.port) {
+                continue;
+            }
             let key = path(name, kind);
             probe.tcp_socket = None;
             probe.http_get = Some(HTTPGetAction {
@@ -77,14 +88,16 @@ fn original(
         if !plain || !no_host(&get.host) {
             return None;
         }
+        // As the kubelet's URL does: a path without its leading slash gets one.
+        let path = match get.path.as_deref().unwrap_or_default() {
+            "" => "/".to_string(),
+            p if p.starts_with('/') => p.to_string(),
+            p => format!("/{p}"),
+        };
+        path.parse::<http::uri::PathAndQuery>().ok()?;
         return Some(AppProbe {
             port: port(&get.port)?,
-            http_path: Some(
-                get.path
-                    .clone()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "/".into()),
-            ),
+            http_path: Some(path),
             headers: get
                 .http_headers
                 .iter()
@@ -126,7 +139,7 @@ mod tests {
             "livenessProbe": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 3},
             "startupProbe": {"exec": {"command": ["true"]}}
         }]}));
-        let probes = rewrite(&mut s, 4191);
+        let probes = rewrite(&mut s, 4191, &[], true);
         let web = &s.containers[0];
         let ready = web.readiness_probe.as_ref().expect("readiness");
         let get = ready.http_get.as_ref().expect("httpGet");
@@ -173,8 +186,42 @@ mod tests {
             "startupProbe": {"tcpSocket": {"port": 53, "host": "10.0.0.1"}}
         }]}));
         let mut s = original.clone();
-        assert!(rewrite(&mut s, 4191).is_empty());
+        assert!(rewrite(&mut s, 4191, &[], true).is_empty());
         assert_eq!(s, original);
+    }
+
+    #[test]
+    fn paths_get_their_slash_and_skipped_ports_keep_their_probes() {
+        let mut s = spec(serde_json::json!({"containers": [{
+            "name": "web",
+            "readinessProbe": {"httpGet": {"path": "healthz?full=1", "port": 8080}},
+            "livenessProbe": {"tcpSocket": {"port": 9000}},
+            "startupProbe": {"httpGet": {"path": "/a b", "port": 8080}}
+        }]}));
+        let probes = rewrite(&mut s, 4191, &[9000], true);
+        assert_eq!(
+            probes.keys().collect::<Vec<_>>(),
+            ["/app-probe/web/readiness"]
+        );
+        assert_eq!(
+            probes["/app-probe/web/readiness"].http_path.as_deref(),
+            Some("/healthz?full=1")
+        );
+        let web = &s.containers[0];
+        assert!(web
+            .liveness_probe
+            .as_ref()
+            .expect("liveness")
+            .tcp_socket
+            .is_some());
+        assert_eq!(
+            web.startup_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|g| g.path.as_deref()),
+            Some("/a b"),
+            "not a URI path: left to the kubelet"
+        );
     }
 
     #[test]
@@ -187,7 +234,7 @@ mod tests {
             ],
             "containers": [{"name": "web"}]
         }));
-        let probes = rewrite(&mut s, 4191);
+        let probes = rewrite(&mut s, 4191, &[], true);
         assert_eq!(
             probes.keys().collect::<Vec<_>>(),
             ["/app-probe/agent/readiness"]
@@ -196,5 +243,12 @@ mod tests {
             probes["/app-probe/agent/readiness"].http_path.as_deref(),
             Some("/")
         );
+        // Without a native-sidecar proxy, user sidecars start before it: their probes stay.
+        let mut s = spec(serde_json::json!({
+            "initContainers": [{"name": "agent", "restartPolicy": "Always",
+                 "readinessProbe": {"httpGet": {"port": 9000}}}],
+            "containers": [{"name": "web"}]
+        }));
+        assert!(rewrite(&mut s, 4191, &[], false).is_empty());
     }
 }

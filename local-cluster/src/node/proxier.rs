@@ -73,7 +73,7 @@ pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<
         let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
         let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
         let frontends = super::services::frontends(&svcs, &eps);
-        let rules = crate::services::rules(&frontends);
+        let rules = crate::services::rules(&frontends, crate::netns::bridge_netfilter());
         if rules != written_rules {
             match crate::mesh::apply_frontends(None, &frontends) {
                 Ok(()) => written_rules = rules,

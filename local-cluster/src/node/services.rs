@@ -335,7 +335,7 @@ endpoints:
         );
         let all = frontends(&services(SERVICES), &only_unready);
         assert!(frontend(&all, "10.96.0.11", 5432).is_empty());
-        let text = crate::services::rules(&all);
+        let text = crate::services::rules(&all, true);
         assert!(
             text.contains("-A SMIDGE-SVC-REJECT -d 10.96.0.11/32 -p tcp --dport 5432 -j REJECT"),
             "{text}"
