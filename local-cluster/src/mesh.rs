@@ -537,13 +537,12 @@ pub fn apply_frontends(
             .output()
             .with_context(|| format!("running {program}"))
     };
-    let out = run("sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
-    if !out.status.success() {
-        bail!(
-            "enabling forwarding in the node: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    crate::netns::write_sysctl(
+        node_netns,
+        IP_FORWARD,
+        "1",
+        "enabling forwarding in the node",
+    )?;
     let text = crate::services::rules(frontends, crate::netns::bridge_netfilter());
     let mut child = in_node(node_netns, "iptables-restore")
         .arg("--noflush")
@@ -737,15 +736,12 @@ pub async fn admin_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 /// Turns on IPv4 forwarding in the node namespace `node_netns` (pods reach each other, the
 /// node and Services through it).
 pub(crate) fn enable_forwarding(node_netns: &str) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", node_netns, "sh", "-c"])
-        .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "enabling forwarding in the node: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    crate::netns::write_sysctl(
+        Some(node_netns),
+        IP_FORWARD,
+        "1",
+        "enabling forwarding in the node",
+    )
 }
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";

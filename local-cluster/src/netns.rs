@@ -61,6 +61,34 @@ pub fn bridge_netfilter() -> bool {
     std::path::Path::new(BRIDGE_NF_CALL_IPTABLES).exists()
 }
 
+/// Writes `value` into the sysctl file `path` inside network namespace `netns` (`None`: the
+/// caller's own); `what` says in an error what was being set.
+pub(crate) fn write_sysctl(
+    netns: Option<&str>,
+    path: &str,
+    value: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "sh"]);
+            cmd
+        }
+        None => Command::new("sh"),
+    };
+    let out = cmd
+        .arg("-c")
+        .arg(format!("echo {value} > {path}"))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running sh ({what})"))?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 impl Node {
     /// Creates a node namespace with a bridge at `gateway`/16. `tag` makes names readable.
     pub fn create(tag: &str, gateway: Ipv4Addr) -> anyhow::Result<Node> {
@@ -96,17 +124,12 @@ impl Node {
         // Replies bridged from pod to pod must pass the node's conntrack to be un-DNATed, as
         // kube-proxy needs on a bridge, for Service traffic between pods to keep its source.
         if bridge_netfilter() {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns, "sh", "-c"])
-                .arg(format!("echo 1 > {BRIDGE_NF_CALL_IPTABLES}"))
-                .output()
-                .context("running sh in the node namespace")?;
-            if !out.status.success() {
-                bail!(
-                    "turning on net.bridge.bridge-nf-call-iptables in {ns}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            write_sysctl(
+                Some(ns),
+                BRIDGE_NF_CALL_IPTABLES,
+                "1",
+                &format!("turning on net.bridge.bridge-nf-call-iptables in {ns}"),
+            )?;
         } else {
             tracing::warn!(
                 node = ns,

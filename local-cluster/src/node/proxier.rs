@@ -65,6 +65,7 @@ pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<
     // Pods created meanwhile need their hosts file even when no Service changes.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut written_rules = String::new();
+    let bridge_netfilter = crate::netns::bridge_netfilter();
     loop {
         tokio::select! {
             _ = changed.recv() => tokio::time::sleep(SETTLE).await,
@@ -73,7 +74,7 @@ pub async fn run(client: kube::Client, kubelet: Arc<Kubelet>) -> anyhow::Result<
         let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
         let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
         let frontends = super::services::frontends(&svcs, &eps);
-        let rules = crate::services::rules(&frontends, crate::netns::bridge_netfilter());
+        let rules = crate::services::rules(&frontends, bridge_netfilter);
         if rules != written_rules {
             match crate::mesh::apply_frontends(None, &frontends) {
                 Ok(()) => written_rules = rules,
